@@ -1,0 +1,310 @@
+"""The ``healthid`` command.
+
+Exit status: 0 success; 1 the request was refused (e.g. an import with bad rows); 2 usage or
+configuration error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from healthid import __version__
+from healthid.settings import Settings, SettingsError, load_settings
+
+T = TypeVar("T")
+PRINT_ERRORS = 200  # import errors printed before "... and N more"
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        click.echo(f"healthid: {exc}", err=True)
+        sys.exit(2)
+
+
+def _run(coro: Awaitable[T]) -> T:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="healthid")
+def main() -> None:
+    """healthid: GesundheitsID identity provider and wallet backend.
+
+    Settings come from HEALTHID_* environment variables and the TOML file named by
+    HEALTHID_CONFIG; see README.md.
+    """
+
+
+# -- serve --------------------------------------------------------------------------------
+@main.command()
+@click.option("--host", help="Address to listen on (default: HEALTHID_LISTEN_HOST).")
+@click.option("--port", type=int, help="Port (default: HEALTHID_LISTEN_PORT).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the host (IdP, wallet API) with the configured stores and enclave."""
+    import uvicorn
+
+    from healthid.runtime import build_app
+
+    settings = _settings()
+    host = host or settings.listen_host
+    port = port or settings.listen_port
+    click.echo(
+        f"healthid {__version__} ({settings.mode.value} mode, tee: {settings.tee.value}) "
+        f"listening on http://{host}:{port}/  — status: http://{host}:{port}/status"
+    )
+    if settings.tee.value == "simulated":
+        click.echo("WARNING: tee=simulated: no enclave protection. Development only.", err=True)
+    click.echo(
+        f"database: {_redact_url(settings.sql_url)}; ephemeral store: "
+        f"{'redis' if settings.redis_url else 'in-memory'}; keys: {settings.key_backend.value}"
+    )
+    uvicorn.run(build_app(settings), host=host, port=port, log_level="info", server_header=False)
+
+
+def _redact_url(url: str) -> str:
+    """Hide a password in a database URL before printing it."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+# -- config ---------------------------------------------------------------------------------
+@main.group()
+def config() -> None:
+    """Inspect the configuration."""
+
+
+@config.command("check")
+def config_check() -> None:
+    """Validate the settings and print them (secrets hidden)."""
+    settings = _settings()
+    shown: dict[str, Any] = json.loads(settings.model_dump_json())
+    if shown.get("database_url"):
+        shown["database_url"] = _redact_url(shown["database_url"])
+    click.echo(json.dumps(shown, indent=2))
+    if settings.development:
+        for problem in settings.production_problems():
+            click.echo(f"note (would refuse in production): {problem}", err=True)
+
+
+# -- db -----------------------------------------------------------------------------------
+@main.group()
+def db() -> None:
+    """Database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply the schema migrations."""
+    from healthid.store.sql.engine import upgrade_url
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_url(settings.sql_url, revision)
+    click.echo(f"database at {_redact_url(settings.sql_url)} is at revision {revision}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the schema revision of the database."""
+    from healthid.store.sql.engine import create_engine, current_revision
+
+    settings = _settings()
+
+    async def go() -> str | None:
+        engine = create_engine(settings.sql_url)
+        try:
+            return await current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    click.echo(_run(go()) or "(empty database)")
+
+
+# -- registry -------------------------------------------------------------------------------
+@main.group()
+def registry() -> None:
+    """The insurer's policyholder registry (stored encrypted by the enclave)."""
+
+
+def _with_runtime(fn: Callable[[Any], Awaitable[T]]) -> T:
+    from healthid.runtime import StartupError, open_runtime
+
+    settings = _settings()
+
+    async def go() -> T:
+        try:
+            rt = await open_runtime(settings)
+        except StartupError as exc:
+            click.echo(f"healthid: {exc}", err=True)
+            sys.exit(2)
+        try:
+            return await fn(rt)
+        finally:
+            await rt.aclose()
+
+    return _run(go())
+
+
+@registry.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "json", "gematik"]),
+    help="File format (default: by extension; gematik's test identities are recognised).",
+)
+@click.option(
+    "--test-identities",
+    is_flag=True,
+    help="Accept KVNRs with a wrong check digit, as in gematik's published test identities "
+    "(development mode only).",
+)
+def registry_import(file: Path, fmt: str | None, test_identities: bool) -> None:
+    """Import policyholders from FILE (CSV or JSON), all or nothing.
+
+    CSV columns: kvnr, ik, given_name, family_name, birth_date, sex, insured_type, valid_from
+    (required); birth_name, street, house_number, postal_code, city, country, valid_until,
+    email (optional). The plaintext goes to the enclave; the database receives ciphertext and
+    blind indexes only.
+    """
+    from healthid.host.registry_import import import_registry
+
+    data = file.read_bytes()
+
+    async def go(rt: Any) -> int:
+        with click.progressbar(length=1, label="importing", file=sys.stderr, show_pos=True) as bar:
+
+            def progress(n: int) -> None:
+                bar.update(n)
+
+            def sized(total: int) -> None:
+                bar.length = total
+
+            result = await import_registry(
+                rt.enclave,
+                rt.policyholders,
+                data,
+                filename=file.name,
+                fmt=fmt,
+                accept_test_kvnr=test_identities,
+                progress=progress,
+                on_prepared=sized,
+            )
+        if result.ok:
+            click.echo(f"imported {result.imported} policyholders ({result.format}) from {file}")
+            return 0
+        click.echo(
+            f"{file}: nothing imported, {len(result.errors) + result.errors_truncated} error(s):",
+            err=True,
+        )
+        for err in result.errors[:PRINT_ERRORS]:
+            click.echo(f"  {err}", err=True)
+        more = len(result.errors) - PRINT_ERRORS + result.errors_truncated
+        if more > 0:
+            click.echo(f"  ... and {more} more", err=True)
+        return 1
+
+    try:
+        status = _with_runtime(go)
+    except Exception as exc:  # enclave refusals carry safe messages
+        from healthid.enclave.api import EnclaveError
+
+        if isinstance(exc, EnclaveError):
+            click.echo(f"healthid: {exc}", err=True)
+            sys.exit(2)
+        raise
+    sys.exit(status)
+
+
+@registry.command("generate")
+@click.option("--count", type=click.IntRange(1, 10_000_000), required=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Default: stdout."
+)
+def registry_generate(count: int, fmt: str, seed: int, output: Path | None) -> None:
+    """Write a synthetic registry of COUNT made-up policyholders (valid KVNRs and IKs)."""
+    from healthid.demo.synthetic import write_registry
+
+    if output is None:
+        write_registry(sys.stdout, count, fmt=fmt, seed=seed)
+        return
+    with output.open("w", encoding="utf-8", newline="") as fh:
+        write_registry(fh, count, fmt=fmt, seed=seed)
+    click.echo(f"wrote {count} synthetic policyholders to {output}", err=True)
+
+
+@registry.command("count")
+def registry_count() -> None:
+    """Print how many policyholders the registry holds."""
+
+    async def go(rt: Any) -> int:
+        return int(await rt.policyholders.count())
+
+    click.echo(_with_runtime(go))
+
+
+@registry.command("verify")
+def registry_verify() -> None:
+    """Let the enclave decrypt every record and report integrity failures (pseudonyms only)."""
+
+    async def go(rt: Any) -> tuple[int, list[str]]:
+        total, failed = 0, []
+        async for batch in rt.policyholders.iter_all():
+            total += len(batch)
+            failed += await rt.enclave.verify_policyholders(batch)
+        return total, failed
+
+    total, failed = _with_runtime(go)
+    for pseudonym in failed:
+        click.echo(f"integrity failure: policyholder {pseudonym}", err=True)
+    click.echo(f"checked {total} policyholders, {len(failed)} failed")
+    sys.exit(1 if failed else 0)
+
+
+# -- enclave --------------------------------------------------------------------------------
+@main.group()
+def enclave() -> None:
+    """The trusted execution environment."""
+
+
+@enclave.command("status")
+def enclave_status() -> None:
+    """Print the enclave's status (tee kind, root key id)."""
+
+    async def go(rt: Any) -> Any:
+        return await rt.enclave.status()
+
+    status = _with_runtime(go)
+    click.echo(
+        json.dumps(
+            {
+                "tee": status.tee,
+                "root_key_id": status.root_key_id,
+                "version": status.version,
+                "warning": status.warning,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Development helpers: synthetic data and the local stack of ``make run``."""

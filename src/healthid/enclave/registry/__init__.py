@@ -1,0 +1,1 @@
+"""The insurer's policyholder registry, as seen inside the enclave (plaintext lives here only)."""

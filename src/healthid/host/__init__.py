@@ -1,0 +1,1 @@
+"""The untrusted side: ASGI apps and orchestration. Sees ciphertext, pseudonyms and hashes only."""

@@ -1,0 +1,129 @@
+"""The host's ASGI application (embedded default: one process).
+
+Routes are thin: parse, call, render. This issue serves liveness, readiness and the status of
+the deployment (including ``tee: simulated`` in development); the federation, OIDC and wallet
+endpoints of later issues mount here.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from healthid import __version__
+from healthid.enclave.api import EnclaveClient
+from healthid.store.ephemeral import EphemeralStore
+
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostDeps:
+    mode: str
+    public_url: str
+    enclave: EnclaveClient
+    engine: AsyncEngine
+    ephemeral: EphemeralStore
+
+
+def _json(body: object, status: int = 200) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers=SECURITY_HEADERS)
+
+
+def create_app(
+    deps_factory: Callable[[], Awaitable[HostDeps]],
+    on_close: Callable[[], Awaitable[None]] | None = None,
+) -> Starlette:
+    """Build the app; ``deps_factory`` opens the stores and the enclave at start-up."""
+    state: dict[str, HostDeps] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        state["deps"] = await deps_factory()
+        try:
+            yield
+        finally:
+            if on_close is not None:
+                await on_close()
+
+    async def healthz(_request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def readyz(_request: Request) -> Response:
+        deps = state["deps"]
+        checks: dict[str, str] = {}
+        try:
+            async with deps.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception:  # any driver error means: not ready
+            checks["database"] = "unavailable"
+        try:
+            await deps.ephemeral.ping()
+            checks["ephemeral_store"] = "ok"
+        except Exception:
+            checks["ephemeral_store"] = "unavailable"
+        try:
+            await deps.enclave.status()
+            checks["enclave"] = "ok"
+        except Exception:
+            checks["enclave"] = "unavailable"
+        ready = all(v == "ok" for v in checks.values())
+        return _json(
+            {"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503
+        )
+
+    async def status(_request: Request) -> Response:
+        deps = state["deps"]
+        enclave = await deps.enclave.status()
+        return _json(
+            {
+                "service": "healthid",
+                "version": __version__,
+                "mode": deps.mode,
+                "tee": enclave.tee,
+                "warning": enclave.warning,
+            }
+        )
+
+    async def index(_request: Request) -> Response:
+        deps = state["deps"]
+        enclave = await deps.enclave.status()
+        banner = (
+            f'<p class="warn"><strong>tee: {html.escape(enclave.tee)}</strong> — '
+            f"{html.escape(enclave.warning)}</p>"
+            if enclave.warning
+            else f"<p>tee: {html.escape(enclave.tee)}</p>"
+        )
+        page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>healthid</title><style>body{{font-family:sans-serif;max-width:46em;margin:2em auto}}
+.warn{{background:#fff3cd;border:1px solid #d39e00;padding:.6em}}</style></head><body>
+<h1>healthid</h1><p>GesundheitsID sectoral identity provider and wallet backend,
+version {html.escape(__version__)}, {html.escape(deps.mode)} mode.</p>{banner}
+<ul><li><a href="/status">/status</a></li><li><a href="/readyz">/readyz</a></li></ul>
+</body></html>"""
+        return HTMLResponse(page, headers=SECURITY_HEADERS)
+
+    return Starlette(
+        routes=[
+            Route("/", index),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/status", status),
+        ],
+        lifespan=lifespan,
+    )

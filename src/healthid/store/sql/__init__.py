@@ -1,0 +1,1 @@
+"""Durable storage: SQLAlchemy Core on SQLite (embedded default) or PostgreSQL (asyncpg)."""

@@ -1,0 +1,106 @@
+"""The SQL schema. It holds ciphertext, pseudonyms and keyed hashes only, never plaintext
+personal data (DESIGN.md "Per-user keys"). Times are Unix seconds (portable across backends).
+
+Changing a table here needs a new Alembic revision in ``migrations/versions``; a test
+compares the migrated database with this metadata.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+PSEUDONYM_LEN = 32  # 128 random bits, lowercase hex
+DIGEST_LEN = 32  # HMAC-SHA-256 blind index
+
+# One row per policyholder: the random pseudonym and the blind index of the KVNR.
+policyholders = Table(
+    "policyholders",
+    metadata,
+    Column("pseudonym", String(PSEUDONYM_LEN), primary_key=True),
+    Column("kvnr_index", LargeBinary(DIGEST_LEN), nullable=False, unique=True),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# The policyholder's data key, wrapped by the enclave root key. Deleting this row
+# crypto-shreds every record of the policyholder (and every backup of them).
+data_keys = Table(
+    "data_keys",
+    metadata,
+    Column(
+        "pseudonym",
+        String(PSEUDONYM_LEN),
+        ForeignKey("policyholders.pseudonym", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("root_key_id", String(64), nullable=False),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# AEAD records: AAD = (pseudonym, record_type, version), so a record moved to another
+# policyholder, another type or another version fails to decrypt.
+records = Table(
+    "records",
+    metadata,
+    Column(
+        "pseudonym",
+        String(PSEUDONYM_LEN),
+        ForeignKey("policyholders.pseudonym", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("record_type", String(32), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# Further blind indexes (e.g. names + birth date for eID matching). Not unique by design:
+# several policyholders may share one, and the enclave refuses ambiguous matches.
+lookup_indexes = Table(
+    "lookup_indexes",
+    metadata,
+    Column("kind", String(32), primary_key=True),
+    Column("digest", LargeBinary(DIGEST_LEN), primary_key=True),
+    Column(
+        "pseudonym",
+        String(PSEUDONYM_LEN),
+        ForeignKey("policyholders.pseudonym", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Index("ix_lookup_indexes_pseudonym", "pseudonym"),
+)
+
+# Signing key ring (public halves and schedule only; private keys stay in the key store).
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("purpose", String(32), nullable=False),
+    Column("backend", String(16), nullable=False),
+    Column("public_jwk", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("activate_at", BigInteger, nullable=False),
+    Column("retire_at", BigInteger, nullable=True),
+    Column("expires_at", BigInteger, nullable=True),
+    Index("ix_signing_keys_purpose", "purpose"),
+)

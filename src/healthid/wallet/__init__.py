@@ -1,0 +1,1 @@
+"""Reference phone client: SDK and the healthid wallet CLI (enrolment issue)."""
