@@ -54,7 +54,7 @@ def pg_url() -> Iterator[str]:
     name = f"healthid_t_{secrets.token_hex(6)}"
     try:
         asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         unavailable(f"PostgreSQL at {PG_ADMIN_URL} ({exc})")
     base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
     try:

@@ -55,10 +55,16 @@ def test_import_of_bad_file_names_rows_and_fields_and_imports_nothing(env: Path)
     run("registry", "generate", "--count", "20", "-o", str(reg))
     lines = reg.read_text().splitlines()
     lines[3] = "B" + lines[3][1:]  # KVNR check digit now wrong
-    lines[5] = lines[5].replace(",D,", ",Q,").replace(",M,", ",Q,").replace(",W,", ",Q,").replace(",X,", ",Q,")
+    lines[5] = (
+        lines[5]
+        .replace(",D,", ",Q,")
+        .replace(",M,", ",Q,")
+        .replace(",W,", ",Q,")
+        .replace(",X,", ",Q,")
+    )
     lines.append(lines[7])  # duplicate KVNR
     reg.write_text("\n".join(lines) + "\n")
-    code, out, err = run("registry", "import", str(reg))
+    code, _out, err = run("registry", "import", str(reg))
     assert code == 1
     assert "nothing imported, 3 error(s)" in err
     assert "row 4, field kvnr: the KVNR check digit is wrong" in err
@@ -85,7 +91,9 @@ def test_gematik_test_identities_need_the_explicit_flag(env: Path) -> None:
     assert code == 0 and "imported 3 policyholders (gematik)" in out
 
 
-def test_production_mode_refuses_to_start_and_says_why(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_production_mode_refuses_to_start_and_says_why(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HEALTHID_MODE", "production")
     code, _, err = run("registry", "count")
     assert code == 2

@@ -62,7 +62,9 @@ def test_unknown_toml_setting_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
         load_settings()
 
 
-def test_missing_or_broken_toml_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_or_broken_toml_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HEALTHID_CONFIG", str(tmp_path / "nope.toml"))
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings()
@@ -80,8 +82,15 @@ def test_production_refuses_simulated_tee_file_keys_and_unpinned_fedmaster(
     with pytest.raises(SettingsError) as info:
         load_settings()
     text = "\n".join(info.value.problems)
-    for needle in ("TEE=simulated", "KEY_BACKEND=file", "FEDMASTER_JWKS_FILE", "FEDMASTER_URL",
-                   "DATABASE_URL", "REDIS_URL", "PUBLIC_URL"):
+    for needle in (
+        "TEE=simulated",
+        "KEY_BACKEND=file",
+        "FEDMASTER_JWKS_FILE",
+        "FEDMASTER_URL",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "PUBLIC_URL",
+    ):
         assert needle in text
 
 

@@ -6,6 +6,7 @@ runs in-process (``tee: simulated``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,14 @@ def build_enclave(settings: Settings) -> Enclave:
             "tee=sgx needs the attested enclave process, which this build does not have yet"
         )
     root = SimulatedFileSealer(enclave_dir(settings) / ROOT_KEY_FILE).load_or_create()
-    return Enclave(Vault(root), tee="simulated", allow_test_kvnr=settings.development)
+    workers = settings.enclave_workers or os.cpu_count() or 1
+    return Enclave(
+        Vault(root),
+        root=root,
+        workers=workers,
+        tee="simulated",
+        allow_test_kvnr=settings.development,
+    )
 
 
 @dataclass(kw_only=True)
@@ -51,6 +59,7 @@ class Runtime:
     ephemeral: EphemeralStore
 
     async def aclose(self) -> None:
+        self.enclave.close()
         await self.ephemeral.aclose()
         await self.engine.dispose()
 

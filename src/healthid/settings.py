@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     # The federation master we trust, and its pinned public key (JWK or JWKS file).
     fedmaster_url: str | None = None
     fedmaster_jwks_file: Path | None = None
+    # Worker processes of the enclave for bulk work (registry import); 0 = one per CPU core.
+    enclave_workers: int = Field(default=0, ge=0, le=64)
     public_url: str = "http://127.0.0.1:8080"
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=8080, ge=1, le=65535)

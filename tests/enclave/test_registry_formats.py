@@ -28,7 +28,9 @@ def csv_bytes(*rows: str, header: str = HEADER) -> bytes:
     return (header + "\n".join(rows) + "\n").encode()
 
 
-def errors_of(data: bytes, fmt: RegistryFormat = RegistryFormat.CSV, opts: ParseOptions = OPTS) -> list[tuple[int, str, str]]:
+def errors_of(
+    data: bytes, fmt: RegistryFormat = RegistryFormat.CSV, opts: ParseOptions = OPTS
+) -> list[tuple[int, str, str]]:
     parsed = parse_registry(data, fmt, opts)
     return [(e.row, e.field, e.reason) for e in parsed.errors]
 
@@ -39,8 +41,15 @@ def test_csv_parses_valid_rows_with_partial_birth_dates() -> None:
     assert [n for n, _ in parsed.rows] == [2, 3, 4]
     first = parsed.rows[0][1]
     assert first == Policyholder(
-        kvnr="A123456780", ik="109500969", given_name="Erika", family_name="Mustermann",
-        birth_date="1964-08-12", sex="W", insured_type="1", valid_from="2000-01-01", city="Köln",
+        kvnr="A123456780",
+        ik="109500969",
+        given_name="Erika",
+        family_name="Mustermann",
+        birth_date="1964-08-12",
+        sex="W",
+        insured_type="1",
+        valid_from="2000-01-01",
+        city="Köln",
     )
     assert parsed.rows[1][1].birth_date == "1990-02" and parsed.rows[1][1].city is None
 
@@ -73,7 +82,9 @@ def test_policyholder_round_trips_through_cbor() -> None:
         ("A123456780,109500969,E,M,1964-08-12,W,1,2000-01-01,Köln,extra", "(row)", "fields"),
     ],
 )
-def test_csv_bad_field_is_named_with_row_and_never_echoed(row: str, field: str, reason: str) -> None:
+def test_csv_bad_field_is_named_with_row_and_never_echoed(
+    row: str, field: str, reason: str
+) -> None:
     parsed = parse_registry(csv_bytes(GOOD[0], row), RegistryFormat.CSV, OPTS)
     assert parsed.rows and len(parsed.errors) == 1  # the good row is parsed, the bad one not
     err = parsed.errors[0]
@@ -152,7 +163,10 @@ def test_gematik_test_identities_load_only_with_test_kvnr_bypass() -> None:
     assert lenient.errors == []
     holder = lenient.rows[0][1]
     assert (holder.kvnr, holder.ik, holder.sex, holder.valid_from) == (
-        "X110411675", "109500969", "M", "1970-04-01",
+        "X110411675",
+        "109500969",
+        "M",
+        "1970-04-01",
     )
 
 

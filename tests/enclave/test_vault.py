@@ -21,14 +21,19 @@ def vault() -> Vault:
 
 def _sealed(vault: Vault, pseudonym: str, plaintext: bytes) -> tuple[bytes, bytes]:
     key = vault.new_data_key()
-    blob = vault.seal(key, pseudonym=pseudonym, record_type="master_data", version=1, plaintext=plaintext)
+    blob = vault.seal(
+        key, pseudonym=pseudonym, record_type="master_data", version=1, plaintext=plaintext
+    )
     return key, blob
 
 
 def test_record_round_trips_under_its_owner_type_and_version(vault: Vault) -> None:
     key, blob = _sealed(vault, "p1", b"Erika Mustermann")
     assert b"Erika" not in blob
-    assert vault.open(key, pseudonym="p1", record_type="master_data", version=1, blob=blob) == b"Erika Mustermann"
+    assert (
+        vault.open(key, pseudonym="p1", record_type="master_data", version=1, blob=blob)
+        == b"Erika Mustermann"
+    )
 
 
 @pytest.mark.parametrize(

@@ -29,8 +29,16 @@ COUNT = 60
 def registry_csv(count: int = COUNT, seed: int = 7) -> tuple[bytes, list[dict[str, str]]]:
     rows = list(synthetic_rows(count, seed=seed))
     # some policyholders with names and birth dates that are easy to spot in a dump
-    rows[0] |= {"given_name": "Wilhelmine", "family_name": "Plaintextfinder", "birth_date": "1961-03-17"}
-    rows[1] |= {"given_name": "Jürgen", "family_name": "Übermaß-Ölmühle", "birth_date": "1977-11-02"}
+    rows[0] |= {
+        "given_name": "Wilhelmine",
+        "family_name": "Plaintextfinder",
+        "birth_date": "1961-03-17",
+    }
+    rows[1] |= {
+        "given_name": "Jürgen",
+        "family_name": "Übermaß-Ölmühle",
+        "birth_date": "1977-11-02",
+    }
     header = list(rows[0])
     lines = [",".join(header)] + [",".join(r[h] for h in header) for r in rows]
     return ("\n".join(lines) + "\n").encode(), rows
@@ -59,7 +67,16 @@ async def dump_database(engine: AsyncEngine) -> bytes:
             lines = list(conn.iterdump())
         return raw + "\n".join(lines).encode()
     env = {**os.environ, "PGPASSWORD": url.password or ""}
-    cmd = ["pg_dump", "-h", url.host or "127.0.0.1", "-p", str(url.port or 5432), "-U", url.username or "postgres", url.database or ""]
+    cmd = [
+        "pg_dump",
+        "-h",
+        url.host or "127.0.0.1",
+        "-p",
+        str(url.port or 5432),
+        "-U",
+        url.username or "postgres",
+        url.database or "",
+    ]
     return subprocess.run(cmd, check=True, capture_output=True, env=env).stdout
 
 
@@ -72,7 +89,9 @@ def needles(row: dict[str, str]) -> list[bytes]:
     return out
 
 
-async def test_import_stores_no_plaintext_names_kvnrs_or_birth_dates(engine: AsyncEngine, enclave: Enclave) -> None:
+async def test_import_stores_no_plaintext_names_kvnrs_or_birth_dates(
+    engine: AsyncEngine, enclave: Enclave
+) -> None:
     data, rows = registry_csv()
     repo = PolicyholderRepository(engine)
     result = await import_registry(enclave, repo, data, filename="registry.csv")
@@ -91,7 +110,9 @@ async def test_import_stores_no_plaintext_names_kvnrs_or_birth_dates(engine: Asy
     assert enclave.open_policyholder(sealed).family_name == "Plaintextfinder"
 
 
-async def test_record_copied_to_another_policyholder_fails_to_decrypt(engine: AsyncEngine, enclave: Enclave) -> None:
+async def test_record_copied_to_another_policyholder_fails_to_decrypt(
+    engine: AsyncEngine, enclave: Enclave
+) -> None:
     data, rows = registry_csv()
     repo = PolicyholderRepository(engine)
     assert (await import_registry(enclave, repo, data, filename="r.csv")).ok
@@ -113,7 +134,9 @@ async def test_record_copied_to_another_policyholder_fails_to_decrypt(engine: As
     assert enclave.open_policyholder(victim).given_name == "Wilhelmine"
 
 
-async def test_whole_row_moved_under_another_kvnr_index_is_refused(engine: AsyncEngine, enclave: Enclave) -> None:
+async def test_whole_row_moved_under_another_kvnr_index_is_refused(
+    engine: AsyncEngine, enclave: Enclave
+) -> None:
     data, rows = registry_csv()
     repo = PolicyholderRepository(engine)
     assert (await import_registry(enclave, repo, data, filename="r.csv")).ok
@@ -125,7 +148,9 @@ async def test_whole_row_moved_under_another_kvnr_index_is_refused(engine: Async
         enclave.open_policyholder(forged)
 
 
-async def test_shredding_the_data_key_makes_records_unreadable(engine: AsyncEngine, enclave: Enclave) -> None:
+async def test_shredding_the_data_key_makes_records_unreadable(
+    engine: AsyncEngine, enclave: Enclave
+) -> None:
     data, rows = registry_csv(count=5)
     repo = PolicyholderRepository(engine)
     assert (await import_registry(enclave, repo, data, filename="r.csv")).ok
@@ -141,7 +166,9 @@ async def test_shredding_the_data_key_makes_records_unreadable(engine: AsyncEngi
     assert await repo.erase(target.pseudonym)
     assert await repo.get(target.pseudonym) is None
     async with engine.connect() as conn:
-        left = (await conn.execute(select(records).where(records.c.pseudonym == target.pseudonym))).all()
+        left = (
+            await conn.execute(select(records).where(records.c.pseudonym == target.pseudonym))
+        ).all()
     assert left == []
 
 
@@ -151,23 +178,29 @@ async def test_import_is_all_or_nothing(engine: AsyncEngine, enclave: Enclave) -
     repo = PolicyholderRepository(engine)
     result = await import_registry(enclave, repo, bad, filename="r.csv")
     assert not result.ok and result.imported == 0
-    assert [(e.field, e.reason) for e in result.errors][0] == ("ik", "the IK check digit is wrong")
+    assert next((e.field, e.reason) for e in result.errors) == ("ik", "the IK check digit is wrong")
     assert await repo.count() == 0
 
 
-async def test_reimport_of_a_stored_kvnr_is_refused_and_changes_nothing(engine: AsyncEngine, enclave: Enclave) -> None:
-    data, rows = registry_csv(count=10)
+async def test_reimport_of_a_stored_kvnr_is_refused_and_changes_nothing(
+    engine: AsyncEngine, enclave: Enclave
+) -> None:
+    data, _rows = registry_csv(count=10)
     repo = PolicyholderRepository(engine)
     assert (await import_registry(enclave, repo, data, filename="r.csv")).ok
     more, _ = registry_csv(count=3, seed=99)
     mixed = more + b"\n".join(data.splitlines()[3:4]) + b"\n"
     result = await import_registry(enclave, repo, mixed, filename="r.csv")
     assert not result.ok
-    assert [(e.row, e.field, e.reason) for e in result.errors] == [(5, "kvnr", "already in the registry")]
+    assert [(e.row, e.field, e.reason) for e in result.errors] == [
+        (5, "kvnr", "already in the registry")
+    ]
     assert await repo.count() == 10
 
 
-async def test_lookup_by_name_and_birth_date_finds_all_candidates(engine: AsyncEngine, enclave: Enclave) -> None:
+async def test_lookup_by_name_and_birth_date_finds_all_candidates(
+    engine: AsyncEngine, enclave: Enclave
+) -> None:
     data, rows = registry_csv(count=20)
     repo = PolicyholderRepository(engine)
     assert (await import_registry(enclave, repo, data, filename="r.csv")).ok
@@ -176,8 +209,39 @@ async def test_lookup_by_name_and_birth_date_finds_all_candidates(engine: AsyncE
 
     r = rows[1]
     digest = enclave._vault.blind_index(
-        NAME_BIRTH_INDEX, name_birth_lookup_value("UEBERMASS OELMUEHLE", r["given_name"], r["birth_date"])
+        NAME_BIRTH_INDEX,
+        name_birth_lookup_value("UEBERMASS OELMUEHLE", r["given_name"], r["birth_date"]),
     )
     found = await repo.find_by_lookup(NAME_BIRTH_INDEX, digest)
     assert [enclave.open_policyholder(f).kvnr for f in found] == [r["kvnr"]]
     assert isinstance(enclave.open_policyholder(found[0]), Policyholder)
+
+
+async def test_worker_pool_import_matches_inline_rules(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large imports seal in enclave worker processes; errors and duplicates span chunks."""
+    import healthid.enclave.service as service
+
+    monkeypatch.setattr(service, "IMPORT_CHUNK", 40)
+    root = RootKey.from_secret(os.urandom(32))
+    pooled = Enclave(Vault(root), root=root, workers=2, today=lambda: date(2026, 11, 28))
+    try:
+        data, rows = registry_csv(count=200)
+        lines = data.decode().splitlines()
+        lines.append(lines[5])  # duplicate of row 6, in the last chunk
+        bad = ("\n".join(lines) + "\n").encode()
+        repo = PolicyholderRepository(engine)
+        result = await import_registry(pooled, repo, bad, filename="r.csv")
+        assert [(e.row, e.reason) for e in result.errors] == [
+            (202, "duplicate KVNR (same as row 6)")
+        ]
+        assert await repo.count() == 0
+        result = await import_registry(pooled, repo, data, filename="r.csv")
+        assert result.ok and result.imported == 200
+        sealed = await repo.find_by_kvnr_index(pooled.kvnr_index(rows[150]["kvnr"]))
+        assert sealed is not None
+        # sealed by a worker, opened by the parent: same root key, same vault rules
+        assert pooled.open_policyholder(sealed).kvnr == rows[150]["kvnr"]
+    finally:
+        pooled.close()

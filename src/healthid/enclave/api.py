@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 TEE_SIMULATED = "simulated"
+MAX_REPORTED_ERRORS = 10_000  # errors listed per import; the rest are counted
 
 
 class EnclaveError(Exception):
@@ -64,15 +65,23 @@ class SealedPolicyholder:
 
 @dataclass(frozen=True, kw_only=True)
 class PreparedImport:
-    """The enclave's verdict on an import file, before anything is sealed or stored."""
+    """An import file read by the enclave; its chunks are validated and sealed on request."""
 
     import_id: str
     format: str
     row_count: int
-    rows: tuple[int, ...]  # row numbers of the valid rows, aligned with kvnr_indexes
-    kvnr_indexes: tuple[bytes, ...]
-    errors: tuple[RowError, ...]
+    chunk_count: int
+    errors: tuple[RowError, ...]  # errors of the file's structure (rows not even read)
     errors_truncated: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SealedChunk:
+    """One chunk of an import: the sealed valid rows and the errors of the others."""
+
+    rows: tuple[int, ...]  # row numbers, aligned with ``sealed``
+    sealed: tuple[SealedPolicyholder, ...]
+    errors: tuple[RowError, ...]
 
 
 class EnclaveClient(Protocol):
@@ -83,11 +92,15 @@ class EnclaveClient(Protocol):
     async def prepare_import(
         self, data: bytes, *, filename: str, fmt: str | None, accept_test_kvnr: bool
     ) -> PreparedImport:
-        """Parse and validate a registry file inside the enclave; keep it there for sealing."""
+        """Read a registry file inside the enclave and start validating and sealing it."""
         ...
 
-    async def seal_import(self, import_id: str, start: int, stop: int) -> list[SealedPolicyholder]:
-        """Seal rows ``[start, stop)`` of a prepared import (fresh pseudonyms and data keys)."""
+    async def seal_import_chunk(self, import_id: str, index: int) -> SealedChunk:
+        """Validate and seal chunk ``index`` (chunks are asked for in order, 0, 1, ...).
+
+        Each valid row gets a fresh pseudonym and data key. A KVNR seen in an earlier chunk
+        of the same import is an error.
+        """
         ...
 
     async def discard_import(self, import_id: str) -> None: ...

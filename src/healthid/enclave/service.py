@@ -6,20 +6,26 @@ directly; the enclave issue puts it behind an RPC server in its own attested pro
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 from healthid import __version__
 from healthid.enclave import api
 from healthid.enclave.registry.formats import (
     ParseOptions,
+    RawRow,
     RegistryFormat,
     detect_format,
-    parse_registry,
+    finish_errors,
+    read_rows,
+    validate_row,
 )
 from healthid.enclave.registry.model import (
     RECORD_TYPE,
@@ -28,19 +34,41 @@ from healthid.enclave.registry.model import (
     name_birth_lookup_value,
 )
 from healthid.enclave.sealing import SIMULATED_WARNING
-from healthid.enclave.vault import Vault, VaultError, WrappedKey
+from healthid.enclave.vault import RootKey, Vault, VaultError, WrappedKey
 
 KVNR_INDEX = "kvnr"
 NAME_BIRTH_INDEX = "name_birth"
 MAX_PENDING_IMPORTS = 4
 PENDING_IMPORT_TTL = 3600.0  # seconds a prepared import stays in enclave memory
-MAX_SEAL_BATCH = 10_000
+IMPORT_CHUNK = 2_000  # rows per unit of work handed to a worker process
 
 
-@dataclass(frozen=True, kw_only=True)
+_ChunkResult = tuple[list[tuple[int, api.SealedPolicyholder]], list[api.RowError]]
+
+
+@dataclass(kw_only=True)
 class _Pending:
-    rows: list[Policyholder]
+    chunks: list[list[RawRow]]
+    futures: list[asyncio.Future[_ChunkResult]] | None
+    options: ParseOptions
     created: float
+    next_chunk: int = 0
+    seen: dict[bytes, int] = field(default_factory=dict)  # KVNR index -> first row
+
+
+# -- worker processes (part of the enclave: in production they run inside it too) --------
+_WORKER: Enclave | None = None
+
+
+def _worker_init(root_secret: bytes, tee: str) -> None:
+    global _WORKER
+    _WORKER = Enclave(Vault(RootKey.from_secret(root_secret)), tee=tee)
+
+
+def _worker_seal(chunk: list[RawRow], options: ParseOptions) -> _ChunkResult:
+    if _WORKER is None:
+        raise RuntimeError("enclave worker not initialised")
+    return _WORKER.validate_and_seal(chunk, options)
 
 
 class Enclave:
@@ -50,12 +78,17 @@ class Enclave:
         self,
         vault: Vault,
         *,
+        root: RootKey | None = None,
+        workers: int = 0,
         tee: str = api.TEE_SIMULATED,
         allow_test_kvnr: bool = False,
         clock: Callable[[], float] = time.monotonic,
         today: Callable[[], date] = lambda: datetime.now(UTC).date(),
     ) -> None:
         self._vault = vault
+        self._root = root
+        self._workers = workers
+        self._pool: ProcessPoolExecutor | None = None
         self._tee = tee
         self._allow_test_kvnr = allow_test_kvnr
         self._clock = clock
@@ -82,49 +115,103 @@ class Enclave:
             registry_format = RegistryFormat(fmt) if fmt else detect_format(filename, data)
         except ValueError:
             raise api.EnclaveError(f"unknown format {fmt!r}: use csv, json or gematik") from None
-        parsed = parse_registry(
-            data,
-            registry_format,
-            ParseOptions(today=self._today(), accept_test_kvnr=accept_test_kvnr),
-        )
-        errors = tuple(
-            api.RowError(row=e.row, field=e.field, reason=e.reason) for e in parsed.errors
-        )
+        options = ParseOptions(today=self._today(), accept_test_kvnr=accept_test_kvnr)
+        raw, errors = read_rows(data, registry_format)
+        reported, truncated = finish_errors(errors, len(raw))
+        chunks = [raw[i : i + IMPORT_CHUNK] for i in range(0, len(raw), IMPORT_CHUNK)]
+        self._expire_pending()
+        if len(self._pending) >= MAX_PENDING_IMPORTS:
+            raise api.EnclaveError("too many imports in progress; try again later")
         import_id = secrets.token_urlsafe(16)
-        if not errors:
-            self._expire_pending()
-            if len(self._pending) >= MAX_PENDING_IMPORTS:
-                raise api.EnclaveError("too many imports in progress; try again later")
-            holders = [h for _, h in parsed.rows]
-            self._pending[import_id] = _Pending(rows=holders, created=self._clock())
+        self._pending[import_id] = _Pending(
+            chunks=chunks,
+            futures=self._start_workers(chunks, options),
+            options=options,
+            created=self._clock(),
+        )
         return api.PreparedImport(
             import_id=import_id,
             format=registry_format.value,
-            row_count=len(parsed.rows),
-            rows=tuple(n for n, _ in parsed.rows),
-            kvnr_indexes=tuple(self.kvnr_index(h.kvnr) for _, h in parsed.rows),
-            errors=errors,
-            errors_truncated=parsed.errors_truncated,
+            row_count=len(raw),
+            chunk_count=len(chunks),
+            errors=tuple(reported),
+            errors_truncated=truncated,
         )
 
-    def _expire_pending(self) -> None:
-        now = self._clock()
-        for key in [k for k, p in self._pending.items() if now - p.created > PENDING_IMPORT_TTL]:
-            del self._pending[key]
+    def _start_workers(
+        self, chunks: list[list[RawRow]], options: ParseOptions
+    ) -> list[asyncio.Future[_ChunkResult]] | None:
+        """Hand every chunk to the worker pool now, so sealing runs ahead of storing."""
+        root = self._root
+        if root is None or self._workers < 2 or len(chunks) < 2:
+            return None  # small imports: seal inline when each chunk is asked for
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self._workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+                initargs=(root.secret, self._tee),
+            )
+        loop = asyncio.get_running_loop()
+        return [loop.run_in_executor(self._pool, _worker_seal, c, options) for c in chunks]
 
-    async def seal_import(
-        self, import_id: str, start: int, stop: int
-    ) -> list[api.SealedPolicyholder]:
+    async def seal_import_chunk(self, import_id: str, index: int) -> api.SealedChunk:
         self._expire_pending()
         pending = self._pending.get(import_id)
         if pending is None:
             raise api.UnknownImport("unknown or expired import id")
-        if not 0 <= start <= stop <= len(pending.rows) or stop - start > MAX_SEAL_BATCH:
-            raise api.EnclaveError(f"invalid row range (at most {MAX_SEAL_BATCH} per call)")
-        return [self.seal_policyholder(h) for h in pending.rows[start:stop]]
+        if index != pending.next_chunk:
+            raise api.EnclaveError(f"chunks are delivered in order; expected {pending.next_chunk}")
+        pending.next_chunk += 1
+        if pending.futures is not None:
+            sealed, errors = await pending.futures[index]
+        else:
+            sealed, errors = self.validate_and_seal(pending.chunks[index], pending.options)
+        pending.chunks[index] = []  # release the plaintext rows as soon as they are sealed
+        kept: list[tuple[int, api.SealedPolicyholder]] = []
+        for row_no, item in sealed:
+            first = pending.seen.setdefault(item.kvnr_index, row_no)
+            if first == row_no:
+                kept.append((row_no, item))
+            else:
+                reason = f"duplicate KVNR (same as row {first})"
+                errors.append(api.RowError(row=row_no, field="kvnr", reason=reason))
+        return api.SealedChunk(
+            rows=tuple(n for n, _ in kept),
+            sealed=tuple(item for _, item in kept),
+            errors=tuple(sorted(errors, key=lambda e: e.row)),
+        )
+
+    def validate_and_seal(self, chunk: list[RawRow], options: ParseOptions) -> _ChunkResult:
+        """Validate raw rows and seal the valid ones (runs inline or in a pool worker)."""
+        sealed: list[tuple[int, api.SealedPolicyholder]] = []
+        errors: list[api.RowError] = []
+        for row_no, item in chunk:
+            holder, row_errors = validate_row(row_no, item, options)
+            if holder is None:
+                errors += row_errors
+            else:
+                sealed.append((row_no, self.seal_policyholder(holder)))
+        return sealed, errors
+
+    def close(self) -> None:
+        """Stop the worker processes (if any were started)."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def _expire_pending(self) -> None:
+        now = self._clock()
+        for key in [k for k, p in self._pending.items() if now - p.created > PENDING_IMPORT_TTL]:
+            self._drop(key)
+
+    def _drop(self, import_id: str) -> None:
+        pending = self._pending.pop(import_id, None)
+        for future in (pending.futures or []) if pending else []:
+            future.cancel()
 
     async def discard_import(self, import_id: str) -> None:
-        self._pending.pop(import_id, None)
+        self._drop(import_id)
 
     def seal_policyholder(self, holder: Policyholder) -> api.SealedPolicyholder:
         """New pseudonym, new data key, one encrypted master-data record, blind indexes."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,24 +74,27 @@ def _derive(secret: bytes, info: bytes) -> bytes:
 
 def _encode_fields(label: bytes, *fields: str | int) -> bytes:
     """Unambiguous AAD: a label, then each field length-prefixed (no delimiter confusion)."""
-    out = bytearray(label)
+    parts = [label]
     for field in fields:
         raw = str(field).encode("utf-8")
-        out += struct.pack(">H", len(raw)) + raw
-    return bytes(out)
+        parts += (len(raw).to_bytes(2, "big"), raw)
+    return b"".join(parts)
 
 
-def _seal(key: bytes, plaintext: bytes, aad: bytes, rng: Callable[[int], bytes]) -> bytes:
+_FORMAT_BYTE = bytes([CIPHERTEXT_FORMAT])
+
+
+def _seal(aead: AESGCM, plaintext: bytes, aad: bytes, rng: Callable[[int], bytes]) -> bytes:
     nonce = rng(NONCE_LEN)
-    return bytes([CIPHERTEXT_FORMAT]) + nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+    return _FORMAT_BYTE + nonce + aead.encrypt(nonce, plaintext, aad)
 
 
-def _open(key: bytes, blob: bytes, aad: bytes) -> bytes:
+def _open(aead: AESGCM, blob: bytes, aad: bytes) -> bytes:
     if len(blob) < 1 + NONCE_LEN + 16 or blob[0] != CIPHERTEXT_FORMAT:
         raise RecordIntegrityError("ciphertext has an unknown format")
     nonce, body = blob[1 : 1 + NONCE_LEN], blob[1 + NONCE_LEN :]
     try:
-        return AESGCM(key).decrypt(nonce, body, aad)
+        return aead.decrypt(nonce, body, aad)
     except InvalidTag:
         raise RecordIntegrityError(
             "ciphertext does not belong to this owner/type/version"
@@ -104,9 +106,9 @@ class Vault:
 
     def __init__(self, root: RootKey, *, rng: Callable[[int], bytes] = os.urandom) -> None:
         self._root_key_id = root.key_id
-        self._kek = _derive(root.secret, b"healthid/v1/key-encryption-key")
+        self._kek = AESGCM(_derive(root.secret, b"healthid/v1/key-encryption-key"))
         self._index_root = _derive(root.secret, b"healthid/v1/blind-index")
-        self._index_keys: dict[str, bytes] = {}
+        self._index_macs: dict[str, hmac.HMAC] = {}
         self._rng = rng
 
     @property
@@ -141,18 +143,20 @@ class Vault:
         if len(plaintext) > MAX_RECORD_LEN:
             raise VaultError(f"record larger than {MAX_RECORD_LEN} bytes")
         aad = _encode_fields(_RECORD_AAD_LABEL, pseudonym, record_type, version)
-        return _seal(data_key, plaintext, aad, self._rng)
+        return _seal(AESGCM(data_key), plaintext, aad, self._rng)
 
     def open(
         self, data_key: bytes, *, pseudonym: str, record_type: str, version: int, blob: bytes
     ) -> bytes:
         aad = _encode_fields(_RECORD_AAD_LABEL, pseudonym, record_type, version)
-        return _open(data_key, blob, aad)
+        return _open(AESGCM(data_key), blob, aad)
 
     def blind_index(self, kind: str, normalised_value: str) -> bytes:
         """HMAC-SHA-256 of a normalised lookup value under a per-kind key."""
-        key = self._index_keys.get(kind)
-        if key is None:
+        base = self._index_macs.get(kind)
+        if base is None:
             key = _derive(self._index_root, b"kind:" + kind.encode("ascii"))
-            self._index_keys[kind] = key
-        return hmac.new(key, normalised_value.encode("utf-8"), hashlib.sha256).digest()
+            base = self._index_macs[kind] = hmac.new(key, digestmod=hashlib.sha256)
+        mac = base.copy()  # copying the keyed state is ~10x cheaper than a fresh HMAC
+        mac.update(normalised_value.encode("utf-8"))
+        return mac.digest()

@@ -1,7 +1,10 @@
 """Registry import on the host: hand the file to the enclave, store what it seals.
 
-All-or-nothing (issue #2): the enclave validates every row first; rows whose KVNR is already
-in the registry are errors too; only then are the sealed rows written, in one transaction.
+All or nothing (issue #2): the whole import is one database transaction. The enclave reads the
+file and validates and seals it chunk by chunk (in worker processes, ahead of the host); the
+host stores each sealed chunk while the next one is being sealed. Every error in the file is
+collected (rows whose KVNR is already in the registry included); if there is any, the
+transaction is rolled back and nothing is stored.
 """
 
 from __future__ import annotations
@@ -12,10 +15,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 
-from healthid.enclave.api import EnclaveClient, PreparedImport, RowError
+from healthid.enclave.api import MAX_REPORTED_ERRORS, EnclaveClient, RowError
 from healthid.store.sql.policyholders import PolicyholderRepository
-
-SEAL_BATCH = 2000  # rows sealed and inserted per round trip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,12 +31,8 @@ class ImportResult:
         return not self.errors
 
 
-def _already_present(prepared: PreparedImport, existing: set[bytes]) -> tuple[RowError, ...]:
-    return tuple(
-        RowError(row=row, field="kvnr", reason="already in the registry")
-        for row, digest in zip(prepared.rows, prepared.kvnr_indexes, strict=True)
-        if digest in existing
-    )
+class _Rollback(Exception):  # noqa: N818 - control flow: leave the transaction, store nothing
+    pass
 
 
 async def import_registry(
@@ -53,36 +50,47 @@ async def import_registry(
     prepared = await enclave.prepare_import(
         data, filename=filename, fmt=fmt, accept_test_kvnr=accept_test_kvnr
     )
-    if prepared.errors:
-        return ImportResult(
-            format=prepared.format,
-            imported=0,
-            errors=prepared.errors,
-            errors_truncated=prepared.errors_truncated,
-        )
+    errors = list(prepared.errors)
+    truncated = prepared.errors_truncated
+    imported = 0
+    if on_prepared is not None:
+        on_prepared(prepared.row_count)
+    stamp = int(now())
     try:
-        duplicates = _already_present(
-            prepared, await repo.existing_kvnr_indexes(prepared.kvnr_indexes)
-        )
-        if duplicates:
-            return ImportResult(format=prepared.format, imported=0, errors=duplicates)
-        stamp = int(now())
-        if on_prepared is not None:
-            on_prepared(prepared.row_count)
         async with repo.engine.begin() as conn:
-            for start in range(0, prepared.row_count, SEAL_BATCH):
-                stop = min(start + SEAL_BATCH, prepared.row_count)
-                sealed = await enclave.seal_import(prepared.import_id, start, stop)
-                await repo.insert_batch(conn, sealed, stamp)
+            for index in range(prepared.chunk_count):
+                chunk = await enclave.seal_import_chunk(prepared.import_id, index)
+                errors += chunk.errors
+                if not errors:
+                    existing = await repo.existing_kvnr_indexes(
+                        [s.kvnr_index for s in chunk.sealed], conn=conn
+                    )
+                    errors += [
+                        RowError(row=row, field="kvnr", reason="already in the registry")
+                        for row, s in zip(chunk.rows, chunk.sealed, strict=True)
+                        if s.kvnr_index in existing
+                    ]
+                if not errors:
+                    await repo.insert_batch(conn, chunk.sealed, stamp)
+                    imported += len(chunk.sealed)
                 if progress is not None:
-                    progress(stop - start)
+                    progress(len(chunk.rows) + len(chunk.errors))
+            if errors:
+                raise _Rollback
+    except _Rollback:
+        pass
     except IntegrityError:
         reason = "a KVNR of this file was stored by a concurrent import; nothing was imported"
+        errors = [RowError(row=0, field="kvnr", reason=reason)]
+    finally:
+        await enclave.discard_import(prepared.import_id)
+    if errors:
+        errors.sort(key=lambda e: e.row)
+        truncated += max(0, len(errors) - MAX_REPORTED_ERRORS)
         return ImportResult(
             format=prepared.format,
             imported=0,
-            errors=(RowError(row=0, field="kvnr", reason=reason),),
+            errors=tuple(errors[:MAX_REPORTED_ERRORS]),
+            errors_truncated=truncated,
         )
-    finally:
-        await enclave.discard_import(prepared.import_id)
-    return ImportResult(format=prepared.format, imported=prepared.row_count, errors=())
+    return ImportResult(format=prepared.format, imported=imported, errors=())

@@ -21,13 +21,17 @@ def _digit_sum(n: int) -> int:
     return n // 10 + n % 10
 
 
+# digit sum of 2*d for d = 0..9 (the "doubled" positions of the Luhn-style checks)
+_DOUBLED = tuple(_digit_sum(2 * d) for d in range(10))
+
+
 def kvnr_check_digit(first_nine: str) -> int:
     """Check digit of the KVNR whose first nine characters are given (letter + 8 digits)."""
     if not re.fullmatch(r"[A-Z][0-9]{8}", first_nine):
         raise IdentifierError("a KVNR starts with a letter A-Z followed by digits")
-    digits = f"{ord(first_nine[0]) - 64:02d}" + first_nine[1:]
+    digits = [int(c) for c in f"{ord(first_nine[0]) - 64:02d}{first_nine[1:]}"]
     # weights 1,2,1,2,... ; products replaced by their digit sum; sum mod 10
-    return sum(_digit_sum(int(c) * (1 if i % 2 == 0 else 2)) for i, c in enumerate(digits)) % 10
+    return (sum(digits[0::2]) + sum(_DOUBLED[d] for d in digits[1::2])) % 10
 
 
 def normalise_kvnr(value: str) -> str:

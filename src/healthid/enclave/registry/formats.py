@@ -14,13 +14,13 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
 from typing import Any
 
-from healthid.enclave.api import RowError
+from healthid.enclave.api import MAX_REPORTED_ERRORS, RowError
 from healthid.enclave.registry.model import (
     ALL_FIELDS,
     BIRTH_DATE_PATTERN,
@@ -37,10 +37,11 @@ from healthid.protocol.identifiers import IdentifierError, validate_ik, validate
 
 MAX_IMPORT_BYTES = 1024 * 1024 * 1024  # 1 GiB per file; split larger registries
 MAX_IMPORT_ROWS = 2_000_000
-MAX_REPORTED_ERRORS = 10_000
+
 MAX_EMAIL_LEN = 254
 VERSICHERTER_PROFESSION_OID = "1.2.276.0.76.4.49"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+")
 FILE_LEVEL = 0  # row number of errors about the file as a whole
 
 # gematik gsi-server versicherte.gesundheitsid.json -> our field names
@@ -83,11 +84,13 @@ def _text(
     value: Any, *, required: bool, limit: int = MAX_TEXT_LEN
 ) -> tuple[str | None, str | None]:
     """(normalised value, reason if invalid)."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if value is None:
         return None, ("missing" if required else None)
     if not isinstance(value, str):
         return None, "must be a string"
     value = value.strip()
+    if not value:
+        return None, ("missing" if required else None)
     if len(value) > limit:
         return None, f"longer than {limit} characters"
     if _CONTROL.search(value):
@@ -120,64 +123,89 @@ def _check_iso_date(value: str) -> str | None:
     return None
 
 
+def _check_sex(value: str) -> str | None:
+    return None if value.upper() in SEXES else "must be one of M, W, X, D"
+
+
+def _check_insured_type(value: str) -> str | None:
+    if value in INSURED_TYPES:
+        return None
+    return "must be 1 (member), 3 (family insured) or 5 (pensioner)"
+
+
+def _check_country(value: str) -> str | None:
+    return None if COUNTRY_PATTERN.fullmatch(value) else "must be a country code"
+
+
+def _check_postal_code(value: str) -> str | None:
+    return None if POSTAL_CODE_PATTERN.fullmatch(value) else "is not a postal code"
+
+
+def _check_email(value: str) -> str | None:
+    if len(value) <= MAX_EMAIL_LEN and EMAIL_PATTERN.fullmatch(value):
+        return None
+    return "is not an e-mail address"
+
+
+_FIELD_RULES: dict[str, Callable[[str], str | None]] = {
+    "sex": _check_sex,
+    "insured_type": _check_insured_type,
+    "valid_from": _check_iso_date,
+    "valid_until": _check_iso_date,
+    "country": _check_country,
+    "postal_code": _check_postal_code,
+    "email": _check_email,
+}
+_LIMITS = {name: MAX_NAME_LEN if name.endswith("_name") else MAX_TEXT_LEN for name in ALL_FIELDS}
+_REQUIRED = frozenset(REQUIRED_FIELDS)
+_KNOWN = frozenset(ALL_FIELDS)
+
+
 def validate_row(
     row_no: int, raw: Mapping[str, Any], options: ParseOptions
 ) -> tuple[Policyholder | None, list[RowError]]:
     """Validate one row's fields (names from model.ALL_FIELDS) into a :class:`Policyholder`."""
     errors: list[RowError] = []
     values: dict[str, str | None] = {}
-
-    def fail(field: str, reason: str) -> None:
-        errors.append(RowError(row=row_no, field=field, reason=reason))
-
-    for name in sorted(set(raw) - set(ALL_FIELDS)):
-        fail(name, "unknown column")
+    if not _KNOWN.issuperset(raw):
+        errors += [
+            RowError(row=row_no, field=name, reason="unknown column")
+            for name in sorted(set(raw) - _KNOWN)
+        ]
     for name in ALL_FIELDS:
-        limit = MAX_NAME_LEN if name.endswith("_name") else MAX_TEXT_LEN
-        value, reason = _text(raw.get(name), required=name in REQUIRED_FIELDS, limit=limit)
+        value = raw.get(name)
+        if type(value) is str and (value := value.strip()):
+            # fast path for the common case; _text() explains every refusal
+            if len(value) <= _LIMITS[name] and not _CONTROL.search(value):
+                values[name] = value
+                continue
+        value, reason = _text(raw.get(name), required=name in _REQUIRED, limit=_LIMITS[name])
         if reason:
-            fail(name, reason)
+            errors.append(RowError(row=row_no, field=name, reason=reason))
         values[name] = value
 
-    checks = {
-        "kvnr": lambda v: validate_kvnr(v, check_digit=not options.accept_test_kvnr),
-        "ik": validate_ik,
-    }
-    for name, check in checks.items():
-        if values[name] is not None:
-            try:
-                values[name] = check(values[name])
-            except IdentifierError as exc:
-                fail(name, str(exc))
-    field_rules: dict[str, Any] = {
-        "birth_date": lambda v: _check_birth_date(v, options.today),
-        "sex": lambda v: None if v.upper() in SEXES else "must be one of M, W, X, D",
-        "insured_type": lambda v: (
-            None
-            if v in INSURED_TYPES
-            else "must be 1 (member), 3 (family insured) or 5 (pensioner)"
-        ),
-        "valid_from": _check_iso_date,
-        "valid_until": _check_iso_date,
-        "country": lambda v: None if COUNTRY_PATTERN.fullmatch(v) else "must be a country code",
-        "postal_code": lambda v: (
-            None if POSTAL_CODE_PATTERN.fullmatch(v) else "is not a postal code"
-        ),
-        "email": lambda v: (
-            None
-            if len(v) <= MAX_EMAIL_LEN and re.fullmatch(r"[^@\s]+@[^@\s]+", v)
-            else "is not an e-mail address"
-        ),
-    }
-    for name, rule in field_rules.items():
+    kvnr, ik, birth = values["kvnr"], values["ik"], values["birth_date"]
+    try:
+        if kvnr is not None:
+            values["kvnr"] = validate_kvnr(kvnr, check_digit=not options.accept_test_kvnr)
+    except IdentifierError as exc:
+        errors.append(RowError(row=row_no, field="kvnr", reason=str(exc)))
+    try:
+        if ik is not None:
+            values["ik"] = validate_ik(ik)
+    except IdentifierError as exc:
+        errors.append(RowError(row=row_no, field="ik", reason=str(exc)))
+    if birth is not None and (reason := _check_birth_date(birth, options.today)):
+        errors.append(RowError(row=row_no, field="birth_date", reason=reason))
+    for name, rule in _FIELD_RULES.items():
         value = values[name]
         if value is not None and (reason := rule(value)):
-            fail(name, reason)
+            errors.append(RowError(row=row_no, field=name, reason=reason))
     if values["sex"] is not None:
         values["sex"] = values["sex"].upper()
     vf, vu = values["valid_from"], values["valid_until"]
     if vf and vu and not _check_iso_date(vf) and not _check_iso_date(vu) and vu < vf:
-        fail("valid_until", "lies before valid_from")
+        errors.append(RowError(row=row_no, field="valid_until", reason="lies before valid_from"))
     if errors:
         return None, errors
     return Policyholder(**values), []  # type: ignore[arg-type]
@@ -284,40 +312,63 @@ def detect_format(filename: str, data: bytes) -> RegistryFormat:
     return RegistryFormat.CSV
 
 
-def parse_registry(data: bytes, fmt: RegistryFormat, options: ParseOptions) -> ParsedRegistry:
-    """Parse and validate a whole registry file. Duplicate KVNRs are errors."""
+RawRow = tuple[int, Mapping[str, Any]]
+
+
+def read_rows(data: bytes, fmt: RegistryFormat) -> tuple[list[RawRow], list[RowError]]:
+    """Split a file into raw rows (field name -> value) and the structural errors found."""
     text, error = _decode(data)
     if error is not None or text is None:
-        return ParsedRegistry(rows=[], errors=[error] if error else [])
+        return [], [error] if error else []
     source: Iterable[tuple[int, Mapping[str, Any] | RowError]] = (
         _csv_rows(text) if fmt is RegistryFormat.CSV else _json_rows(text, fmt)
     )
-    rows: list[tuple[int, Policyholder]] = []
+    rows: list[RawRow] = []
     errors: list[RowError] = []
-    seen: dict[str, int] = {}
-    count = 0
     for row_no, item in source:
-        count += 1
-        if count > MAX_IMPORT_ROWS:
+        if len(rows) + len(errors) >= MAX_IMPORT_ROWS:
             reason = f"more than {MAX_IMPORT_ROWS} rows; split the file"
             errors.append(RowError(row=FILE_LEVEL, field="(file)", reason=reason))
             break
         if isinstance(item, RowError):
             errors.append(item)
-            continue
+        else:
+            rows.append((row_no, item))
+    return rows, errors
+
+
+def duplicate_kvnr_errors(keys: Iterable[tuple[int, Hashable]]) -> tuple[list[RowError], set[int]]:
+    """Rows whose KVNR (or its blind index) appeared in an earlier row."""
+    seen: dict[Hashable, int] = {}
+    errors: list[RowError] = []
+    for row_no, key in keys:
+        if key in seen:
+            reason = f"duplicate KVNR (same as row {seen[key]})"
+            errors.append(RowError(row=row_no, field="kvnr", reason=reason))
+        else:
+            seen[key] = row_no
+    return errors, {e.row for e in errors}
+
+
+def finish_errors(errors: list[RowError], valid_rows: int) -> tuple[list[RowError], int]:
+    """Order errors by row, add "no policyholders" for an empty file, cap the count."""
+    if not valid_rows and not errors:
+        errors = [RowError(row=FILE_LEVEL, field="(file)", reason="contains no policyholders")]
+    errors = sorted(errors, key=lambda e: e.row)
+    truncated = max(0, len(errors) - MAX_REPORTED_ERRORS)
+    return errors[:MAX_REPORTED_ERRORS], truncated
+
+
+def parse_registry(data: bytes, fmt: RegistryFormat, options: ParseOptions) -> ParsedRegistry:
+    """Parse and validate a whole registry file. Duplicate KVNRs are errors."""
+    raw, errors = read_rows(data, fmt)
+    rows: list[tuple[int, Policyholder]] = []
+    for row_no, item in raw:
         holder, row_errors = validate_row(row_no, item, options)
         errors.extend(row_errors)
-        if holder is None:
-            continue
-        if holder.kvnr in seen:
-            reason = f"duplicate KVNR (same as row {seen[holder.kvnr]})"
-            errors.append(RowError(row=row_no, field="kvnr", reason=reason))
-            continue
-        seen[holder.kvnr] = row_no
-        rows.append((row_no, holder))
-    if not rows and not errors:
-        errors.append(RowError(row=FILE_LEVEL, field="(file)", reason="contains no policyholders"))
-    truncated = max(0, len(errors) - MAX_REPORTED_ERRORS)
-    return ParsedRegistry(
-        rows=rows, errors=errors[:MAX_REPORTED_ERRORS], errors_truncated=truncated
-    )
+        if holder is not None:
+            rows.append((row_no, holder))
+    dup_errors, dup_rows = duplicate_kvnr_errors((n, h.kvnr) for n, h in rows)
+    rows = [(n, h) for n, h in rows if n not in dup_rows]
+    reported, truncated = finish_errors(errors + dup_errors, len(rows))
+    return ParsedRegistry(rows=rows, errors=reported, errors_truncated=truncated)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import date
 from typing import Any
 
@@ -69,13 +69,13 @@ class Policyholder:
     email: str | None = None
 
     def to_cbor(self) -> bytes:
-        return bytes(cbor2.dumps({k: v for k, v in asdict(self).items() if v is not None}))
+        values = {name: getattr(self, name) for name in _FIELD_NAMES}
+        return bytes(cbor2.dumps({k: v for k, v in values.items() if v is not None}))
 
     @classmethod
     def from_cbor(cls, raw: bytes) -> Policyholder:
         data: dict[str, Any] = cbor2.loads(raw)
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in _FIELD_NAMES})
 
     def covered_on(self, day: date) -> bool:
         """Whether the insurance coverage is valid on ``day``."""
@@ -84,6 +84,7 @@ class Policyholder:
         return self.valid_until is None or date.fromisoformat(self.valid_until) >= day
 
 
+_FIELD_NAMES = tuple(f.name for f in fields(Policyholder))
 _TRANSLIT = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss", "æ": "ae", "ø": "oe"})
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from healthid.enclave.api import SealedPolicyholder, SealedRecord
-from healthid.store.sql.schema import data_keys, lookup_indexes, policyholders, records
+from healthid.store.sql.schema import lookup_indexes, policyholders, records
 
 IN_CHUNK = 1000  # bound on the size of one IN (...) list
+_TABLES = (policyholders, records, lookup_indexes)
 
 
 class PolicyholderRepository:
@@ -25,64 +26,66 @@ class PolicyholderRepository:
     def engine(self) -> AsyncEngine:
         return self._engine
 
-    async def existing_kvnr_indexes(self, digests: Sequence[bytes]) -> set[bytes]:
+    async def existing_kvnr_indexes(
+        self, digests: Sequence[bytes], *, conn: AsyncConnection | None = None
+    ) -> set[bytes]:
+        """Which of these KVNR blind indexes are stored (inside ``conn``'s transaction)."""
+        if conn is None:
+            async with self._engine.connect() as own:
+                return await self.existing_kvnr_indexes(digests, conn=own)
         found: set[bytes] = set()
-        async with self._engine.connect() as conn:
-            for i in range(0, len(digests), IN_CHUNK):
-                chunk = list(digests[i : i + IN_CHUNK])
-                rows = await conn.execute(
-                    select(policyholders.c.kvnr_index).where(policyholders.c.kvnr_index.in_(chunk))
-                )
-                found.update(bytes(r[0]) for r in rows)
+        for i in range(0, len(digests), IN_CHUNK):
+            chunk = list(digests[i : i + IN_CHUNK])
+            rows = await conn.execute(
+                select(policyholders.c.kvnr_index).where(policyholders.c.kvnr_index.in_(chunk))
+            )
+            found.update(bytes(r[0]) for r in rows)
         return found
 
     @staticmethod
+    def _rows(batch: Sequence[SealedPolicyholder], now: int) -> dict[str, list[tuple[object, ...]]]:
+        """Rows per table, in each table's column order."""
+        return {
+            "policyholders": [
+                (p.pseudonym, p.kvnr_index, p.root_key_id, p.wrapped_key, now) for p in batch
+            ],
+            "records": [
+                (p.pseudonym, r.record_type, r.version, r.ciphertext, now)
+                for p in batch
+                for r in p.records
+            ],
+            "lookup_indexes": [
+                (kind, digest, p.pseudonym) for p in batch for kind, digest in p.lookup_indexes
+            ],
+        }
+
+    @classmethod
     async def insert_batch(
-        conn: AsyncConnection, batch: Sequence[SealedPolicyholder], now: int
+        cls, conn: AsyncConnection, batch: Sequence[SealedPolicyholder], now: int
     ) -> None:
-        """Insert sealed policyholders inside the caller's transaction."""
+        """Insert sealed policyholders inside the caller's transaction.
+
+        PostgreSQL gets binary COPY (an order of magnitude faster than INSERT for bulk
+        imports); SQLite gets executemany. Both run in the caller's transaction.
+        """
         if not batch:
             return
-        await conn.execute(
-            policyholders.insert(),
-            [
-                {"pseudonym": p.pseudonym, "kvnr_index": p.kvnr_index, "created_at": now}
-                for p in batch
-            ],
-        )
-        await conn.execute(
-            data_keys.insert(),
-            [
-                {
-                    "pseudonym": p.pseudonym,
-                    "root_key_id": p.root_key_id,
-                    "wrapped_key": p.wrapped_key,
-                    "created_at": now,
-                }
-                for p in batch
-                if p.wrapped_key is not None
-            ],
-        )
-        record_rows = [
-            {
-                "pseudonym": p.pseudonym,
-                "record_type": r.record_type,
-                "version": r.version,
-                "ciphertext": r.ciphertext,
-                "updated_at": now,
-            }
-            for p in batch
-            for r in p.records
-        ]
-        if record_rows:
-            await conn.execute(records.insert(), record_rows)
-        index_rows = [
-            {"kind": kind, "digest": digest, "pseudonym": p.pseudonym}
-            for p in batch
-            for kind, digest in p.lookup_indexes
-        ]
-        if index_rows:
-            await conn.execute(lookup_indexes.insert(), index_rows)
+        rows = cls._rows(batch, now)
+        if conn.dialect.name == "postgresql":
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            for table in _TABLES:
+                if rows[table.name]:
+                    await driver.copy_records_to_table(  # type: ignore[union-attr]
+                        table.name, records=rows[table.name], columns=table.c.keys()
+                    )
+            return
+        for table in _TABLES:
+            if rows[table.name]:
+                keys = table.c.keys()
+                await conn.execute(
+                    table.insert(), [dict(zip(keys, r, strict=True)) for r in rows[table.name]]
+                )
 
     async def _load(
         self, conn: AsyncConnection, pseudonyms: Sequence[str]
@@ -94,10 +97,9 @@ class PolicyholderRepository:
                 select(
                     policyholders.c.pseudonym,
                     policyholders.c.kvnr_index,
-                    data_keys.c.root_key_id,
-                    data_keys.c.wrapped_key,
+                    policyholders.c.root_key_id,
+                    policyholders.c.wrapped_key,
                 )
-                .select_from(policyholders.outerjoin(data_keys))
                 .where(policyholders.c.pseudonym.in_(list(pseudonyms)))
                 .order_by(policyholders.c.pseudonym)
             )
@@ -181,13 +183,18 @@ class PolicyholderRepository:
     async def shred(self, pseudonym: str) -> bool:
         """Delete the wrapped data key: the records stay, undecryptable by anyone."""
         async with self._engine.begin() as conn:
-            result = await conn.execute(delete(data_keys).where(data_keys.c.pseudonym == pseudonym))
+            result = await conn.execute(
+                update(policyholders)
+                .where(policyholders.c.pseudonym == pseudonym)
+                .values(wrapped_key=None, root_key_id=None)
+            )
         return bool(result.rowcount)
 
     async def erase(self, pseudonym: str) -> bool:
-        """Remove the policyholder entirely (key, records, indexes)."""
+        """Remove the policyholder entirely (key, records, indexes), in one transaction."""
         async with self._engine.begin() as conn:
-            await conn.execute(delete(data_keys).where(data_keys.c.pseudonym == pseudonym))
+            for child in (records, lookup_indexes):
+                await conn.execute(delete(child).where(child.c.pseudonym == pseudonym))
             result = await conn.execute(
                 delete(policyholders).where(policyholders.c.pseudonym == pseudonym)
             )

@@ -10,7 +10,6 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Column,
-    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -32,28 +31,21 @@ metadata = MetaData(
 PSEUDONYM_LEN = 32  # 128 random bits, lowercase hex
 DIGEST_LEN = 32  # HMAC-SHA-256 blind index
 
-# One row per policyholder: the random pseudonym and the blind index of the KVNR.
+# One row per policyholder: the random pseudonym, the blind index of the KVNR and the
+# policyholder's data key wrapped by the enclave root key. Setting wrapped_key to NULL
+# crypto-shreds every record of the policyholder (and every backup of them once the backups
+# of this row age out).
+#
+# Child tables carry no FOREIGN KEY constraints: per-row FK triggers doubled the cost of bulk
+# imports on PostgreSQL. The repository is the only writer and inserts and deletes a
+# policyholder's rows in one transaction (see policyholders.py).
 policyholders = Table(
     "policyholders",
     metadata,
     Column("pseudonym", String(PSEUDONYM_LEN), primary_key=True),
     Column("kvnr_index", LargeBinary(DIGEST_LEN), nullable=False, unique=True),
-    Column("created_at", BigInteger, nullable=False),
-)
-
-# The policyholder's data key, wrapped by the enclave root key. Deleting this row
-# crypto-shreds every record of the policyholder (and every backup of them).
-data_keys = Table(
-    "data_keys",
-    metadata,
-    Column(
-        "pseudonym",
-        String(PSEUDONYM_LEN),
-        ForeignKey("policyholders.pseudonym", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    Column("root_key_id", String(64), nullable=False),
-    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("root_key_id", String(64), nullable=True),
+    Column("wrapped_key", LargeBinary, nullable=True),
     Column("created_at", BigInteger, nullable=False),
 )
 
@@ -62,12 +54,7 @@ data_keys = Table(
 records = Table(
     "records",
     metadata,
-    Column(
-        "pseudonym",
-        String(PSEUDONYM_LEN),
-        ForeignKey("policyholders.pseudonym", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    Column("pseudonym", String(PSEUDONYM_LEN), primary_key=True),
     Column("record_type", String(32), primary_key=True),
     Column("version", Integer, nullable=False),
     Column("ciphertext", LargeBinary, nullable=False),
@@ -81,12 +68,7 @@ lookup_indexes = Table(
     metadata,
     Column("kind", String(32), primary_key=True),
     Column("digest", LargeBinary(DIGEST_LEN), primary_key=True),
-    Column(
-        "pseudonym",
-        String(PSEUDONYM_LEN),
-        ForeignKey("policyholders.pseudonym", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    Column("pseudonym", String(PSEUDONYM_LEN), primary_key=True),
     Index("ix_lookup_indexes_pseudonym", "pseudonym"),
 )
 

@@ -1,0 +1,275 @@
+"""Redis ephemeral store: the production adapter, shared by every host worker and host.
+
+Each operation is one Redis command or one Lua script, so Redis itself makes it atomic:
+
+* ``consume`` is ``GETDEL`` (CONVENTIONS 14; Redis >= 6.2.0);
+* ``put_if_absent`` is ``SET key value NX PX ttl`` (first writer wins, RFC 7523 §3);
+* ``incr`` is the Lua script :data:`INCR_SCRIPT`, not ``SET NX PX`` + ``INCRBY`` in
+  ``MULTI``: a script is one round trip, and Redis freezes its clock for the whole script,
+  so the counter cannot expire between creating it and incrementing it. Before Redis 7.0 a
+  ``MULTI`` block sampled the clock per command; ``INCRBY`` could then recreate an
+  expired counter *without* a TTL, a rate limit that never resets.
+
+TTLs are sent in milliseconds, rounded up so an entry never lives shorter than asked (a
+replay cache errs on the side of remembering). Every key gets the adapter's prefix.
+
+Connection errors, timeouts and a read-only replica (failover) raise
+:class:`EphemeralStoreUnavailable`, never "not found". redis-py's automatic retries are
+switched off (:data:`COMMAND_RETRIES`): a ``GETDEL`` or ``SET NX`` whose reply was lost
+must not be silently sent again, the caller fails closed instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+)
+from redis.exceptions import (
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import (
+    TimeoutError as RedisTimeoutError,
+)
+
+from healthid.store.ephemeral.base import (
+    MAX_KEY_CHAR,
+    MIN_KEY_CHAR,
+    CounterValueError,
+    EphemeralStoreError,
+    EphemeralStoreFull,
+    EphemeralStoreUnavailable,
+    validate_amount,
+    validate_key,
+    validate_ttl,
+    validate_value,
+)
+
+DEFAULT_PREFIX: Final = "healthid:"
+"""Namespace of every key this adapter writes."""
+MAX_PREFIX_LENGTH: Final = 64
+"""Longest prefix in characters (printable ASCII without space, like keys)."""
+SOCKET_CONNECT_TIMEOUT_SECONDS: Final = 0.5
+"""TCP connect timeout: Redis sits next to the host; a slow connect means it is down."""
+SOCKET_TIMEOUT_SECONDS: Final = 1.0
+"""Read/write timeout per command: every command here is O(1) on the server."""
+COMMAND_RETRIES: Final = 0
+"""No automatic resend: a lost reply to GETDEL / SET NX must fail closed, not repeat."""
+MIN_REDIS_VERSION: Final = (6, 2, 0)
+"""GETDEL needs Redis 6.2.0; everything else here (SET NX PX, EVALSHA) is older."""
+MS_PER_SECOND: Final = 1000
+_PTTL_NO_KEY: Final = -2
+"""``PTTL`` reply for a missing key (``-1`` means a key without expiry)."""
+
+INCR_SCRIPT: Final = """
+-- KEYS[1]: counter; ARGV[1]: increment; ARGV[2]: TTL in milliseconds.
+-- Create at 0 with the TTL only if absent: later calls never extend the window.
+redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[2])
+local count = redis.call('INCRBY', KEYS[1], ARGV[1])
+-- Invariant repair: a counter without expiry would block forever; give it the window.
+if redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return count
+"""
+"""Fixed-window counter, atomic because Redis runs a script as one unit."""
+
+_UNAVAILABLE: Final = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+"""Errors meaning the backend cannot serve us now (ReadOnlyError: failover in progress)."""
+
+
+def validate_prefix(prefix: str) -> None:
+    """Refuse prefixes that are empty, long, or not printable ASCII without space."""
+    if not isinstance(prefix, str) or not prefix:
+        raise ValueError("prefix must be a non-empty str")
+    if len(prefix) > MAX_PREFIX_LENGTH:
+        raise ValueError(f"prefix is longer than {MAX_PREFIX_LENGTH} characters")
+    if not all(MIN_KEY_CHAR <= ord(char) <= MAX_KEY_CHAR for char in prefix):
+        raise ValueError("prefix must be printable ASCII without spaces or control characters")
+
+
+def require_server_version(version: str) -> None:
+    """Refuse a Redis server older than :data:`MIN_REDIS_VERSION` (``INFO server``)."""
+    try:
+        found = tuple(int(part) for part in version.split(".")[:3])
+    except ValueError:
+        raise EphemeralStoreError("cannot parse the Redis server version") from None
+    if found < MIN_REDIS_VERSION:
+        wanted = ".".join(map(str, MIN_REDIS_VERSION))
+        raise EphemeralStoreError(f"Redis {version} is too old: GETDEL needs {wanted}")
+
+
+def ttl_to_ms(ttl: float) -> int:
+    """Milliseconds for ``PX``, rounded up and at least 1."""
+    return max(1, math.ceil(ttl * MS_PER_SECOND))
+
+
+@contextmanager
+def _backend_errors() -> Iterator[None]:
+    """Map redis-py errors to the store's hierarchy, in one place (CONVENTIONS 4)."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise EphemeralStoreUnavailable(
+            f"the Redis ephemeral store is unavailable ({type(exc).__name__})"
+        ) from exc
+    except OutOfMemoryError as exc:
+        raise EphemeralStoreFull("the Redis ephemeral store is out of memory") from exc
+    except RedisError as exc:
+        raise EphemeralStoreError(
+            f"the Redis ephemeral store failed ({type(exc).__name__})"
+        ) from exc
+
+
+def _as_bytes(value: bytes | str | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    raise EphemeralStoreError("the Redis client decodes responses; values must stay bytes")
+
+
+class RedisEphemeralStore:
+    """:class:`~healthid.store.ephemeral.base.EphemeralStore` on Redis >= 6.2.
+
+    Pass a ``redis.asyncio.Redis`` client made with ``decode_responses=False`` (the caller
+    keeps owning it), or use :meth:`from_url`, which sets the timeouts and retry policy of
+    this module and closes the client in :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        owns_client: bool = False,
+    ) -> None:
+        validate_prefix(prefix)
+        if client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("the Redis client must not decode responses: values are bytes")
+        self._client = client
+        self._prefix = prefix
+        self._owns_client = owns_client
+        self._incr = client.register_script(INCR_SCRIPT)
+        self._version_checked = False
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = DEFAULT_PREFIX) -> RedisEphemeralStore:
+        """A store on a new client for ``url`` (``redis://`` or ``rediss://``)."""
+        validate_prefix(prefix)
+        client = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            retry=Retry(NoBackoff(), COMMAND_RETRIES),
+            decode_responses=False,
+        )
+        return cls(client, prefix=prefix, owns_client=True)
+
+    @property
+    def prefix(self) -> str:
+        """The namespace in front of every key."""
+        return self._prefix
+
+    async def put(self, key: str, value: bytes, ttl: float) -> None:
+        """``SET key value PX ttl``."""
+        validate_value(value)
+        validate_ttl(ttl)
+        name = self._name(key)
+        with _backend_errors():
+            await self._client.set(name, value, px=ttl_to_ms(ttl))
+
+    async def put_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        """``SET key value NX PX ttl``: first writer wins (RFC 7523 §3 replay cache)."""
+        validate_value(value)
+        validate_ttl(ttl)
+        name = self._name(key)
+        with _backend_errors():
+            stored = await self._client.set(name, value, nx=True, px=ttl_to_ms(ttl))
+        return stored is True
+
+    async def get(self, key: str) -> bytes | None:
+        """``GET key``."""
+        name = self._name(key)
+        with _backend_errors():
+            return _as_bytes(await self._client.get(name))
+
+    async def consume(self, key: str) -> bytes | None:
+        """``GETDEL key``: one atomic command, so one caller wins (CONVENTIONS 14)."""
+        name = self._name(key)
+        with _backend_errors():
+            return _as_bytes(await self._client.getdel(name))
+
+    async def delete(self, key: str) -> bool:
+        """``DEL key``; expired keys count as absent."""
+        name = self._name(key)
+        with _backend_errors():
+            removed: int = await self._client.delete(name)
+        return removed > 0
+
+    async def incr(self, key: str, ttl: float, amount: int = 1) -> int:
+        """:data:`INCR_SCRIPT`: create with ``ttl`` if absent, then ``INCRBY amount``."""
+        validate_ttl(ttl)
+        validate_amount(amount)
+        name = self._name(key)
+        with _backend_errors():
+            try:
+                count = await self._incr(keys=[name], args=[amount, ttl_to_ms(ttl)])
+            except ResponseError as exc:
+                if type(exc) is not ResponseError:  # read-only, OOM, ACL: mapped as usual
+                    raise
+                # INCRBY refused the stored value: not an integer, or it would overflow.
+                raise CounterValueError("value is not a 64-bit integer counter") from exc
+        if not isinstance(count, int):
+            raise EphemeralStoreError("the counter script returned a non-integer")
+        return count
+
+    async def ttl(self, key: str) -> float | None:
+        """``PTTL key`` in seconds; a key without expiry breaks the store's invariant."""
+        name = self._name(key)
+        with _backend_errors():
+            remaining_ms: int = await self._client.pttl(name)
+        if remaining_ms == _PTTL_NO_KEY:
+            return None
+        if remaining_ms < 0:
+            raise EphemeralStoreError("an ephemeral key has no expiry")
+        return remaining_ms / MS_PER_SECOND
+
+    async def ping(self) -> None:
+        """``PING``; the first successful ping also checks :data:`MIN_REDIS_VERSION`."""
+        self._check_open()
+        with _backend_errors():
+            await self._client.ping()
+            if self._version_checked:
+                return
+            info = await self._client.info("server")
+        require_server_version(str(info.get("redis_version", "")))
+        self._version_checked = True
+
+    async def aclose(self) -> None:
+        """Close the client if this store made it; later operations are unavailable."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_client:
+            with _backend_errors():
+                await self._client.aclose()
+
+    def _name(self, key: str) -> str:
+        """The Redis key: the prefix plus a validated key (checked before any I/O)."""
+        validate_key(key)
+        self._check_open()
+        return self._prefix + key
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EphemeralStoreUnavailable("the Redis ephemeral store is closed")

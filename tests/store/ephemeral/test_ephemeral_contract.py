@@ -1,0 +1,465 @@
+"""Contract of the EphemeralStore port, run against every adapter.
+
+Memory runs on an injected fake clock; Redis runs on the real server with a random key
+prefix per test and real (short) TTLs, waited out in a bounded loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import pytest
+
+from healthid.store.ephemeral import (
+    MAX_COUNTER_VALUE,
+    MAX_INCR_AMOUNT,
+    MAX_KEY_LENGTH,
+    MAX_TTL_SECONDS,
+    MAX_VALUE_BYTES,
+    CounterValueError,
+    EphemeralStore,
+    EphemeralStoreUnavailable,
+    InvalidAmountError,
+    InvalidKeyError,
+    InvalidTTLError,
+    InvalidValueError,
+    MemoryEphemeralStore,
+    RedisEphemeralStore,
+)
+
+RACERS = 50
+"""Concurrent callers in every race test."""
+REDIS_SHORT_TTL = 0.2
+"""A real TTL short enough to wait out in a test."""
+MEMORY_SHORT_TTL = 5.0
+"""The fake clock makes any TTL cheap to wait out."""
+EXPIRY_GRACE_SECONDS = 2.0
+"""How long past its TTL a Redis key may take to disappear before the test fails."""
+POLL_SECONDS = 0.02
+THREAD_JOIN_SECONDS = 30.0
+LONG_TTL = 60.0
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass(kw_only=True)
+class Harness:
+    """One adapter under test, with what the contract needs to drive it."""
+
+    kind: str
+    store: EphemeralStore
+    short_ttl: float
+    clock: FakeClock | None = None
+    redis_url: str | None = None
+    prefix: str | None = None
+
+    async def let_expire(self, key: str, ttl: float) -> None:
+        """Move past ``ttl``: the fake clock jumps; on Redis, wait (bounded) for expiry."""
+        if self.clock is not None:
+            self.clock.advance(ttl)
+            return
+        deadline = time.monotonic() + ttl + EXPIRY_GRACE_SECONDS
+        while await self.store.get(key) is not None:
+            if time.monotonic() > deadline:
+                pytest.fail(f"key did not expire within {ttl + EXPIRY_GRACE_SECONDS} s")
+            await asyncio.sleep(POLL_SECONDS)
+
+    @asynccontextmanager
+    async def racer(self) -> AsyncIterator[EphemeralStore]:
+        """A handle for one racer: the shared memory store, or a new Redis connection."""
+        if self.redis_url is None or self.prefix is None:
+            yield self.store
+            return
+        store = RedisEphemeralStore.from_url(self.redis_url, prefix=self.prefix)
+        try:
+            await store.ping()  # connect before the start signal, so the race is real
+            yield store
+        finally:
+            await store.aclose()
+
+
+@pytest.fixture
+async def memory_harness() -> AsyncIterator[Harness]:
+    clock = FakeClock()
+    store = MemoryEphemeralStore(clock=clock)
+    yield Harness(kind="memory", store=store, short_ttl=MEMORY_SHORT_TTL, clock=clock)
+    await store.aclose()
+
+
+@pytest.fixture
+async def redis_harness(redis_url: str, redis_prefix: str) -> AsyncIterator[Harness]:
+    store = RedisEphemeralStore.from_url(redis_url, prefix=redis_prefix)
+    yield Harness(
+        kind="redis",
+        store=store,
+        short_ttl=REDIS_SHORT_TTL,
+        redis_url=redis_url,
+        prefix=redis_prefix,
+    )
+    await store.aclose()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def harness(request: pytest.FixtureRequest) -> Harness:
+    """Every contract test runs once per adapter."""
+    selected: Harness = request.getfixturevalue(f"{request.param}_harness")
+    return selected
+
+
+Operation = Callable[[EphemeralStore, int], Awaitable[object]]
+
+
+async def race_in_tasks(harness: Harness, operation: Operation) -> list[object]:
+    """RACERS tasks, each on its own connection, released together by one event."""
+    async with AsyncExitStack() as stack:
+        stores = [await stack.enter_async_context(harness.racer()) for _ in range(RACERS)]
+        start = asyncio.Event()
+
+        async def run(index: int, store: EphemeralStore) -> object:
+            await start.wait()
+            return await operation(store, index)
+
+        tasks = [asyncio.create_task(run(i, store)) for i, store in enumerate(stores)]
+        await asyncio.sleep(0)
+        start.set()
+        return list(await asyncio.gather(*tasks))
+
+
+def race_in_threads(harness: Harness, operation: Operation) -> list[object]:
+    """RACERS threads, each with its own event loop and connection, behind one barrier."""
+    barrier = threading.Barrier(RACERS, timeout=THREAD_JOIN_SECONDS)
+    results: list[object] = [None] * RACERS
+    errors: list[BaseException] = []
+
+    async def run(index: int) -> None:
+        async with harness.racer() as store:
+            barrier.wait()
+            results[index] = await operation(store, index)
+
+    def thread_main(index: int) -> None:
+        try:
+            asyncio.run(run(index))
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=thread_main, args=(i,)) for i in range(RACERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(THREAD_JOIN_SECONDS)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not errors, errors
+    return results
+
+
+async def race(harness: Harness, mode: str, operation: Operation) -> list[object]:
+    if mode == "tasks":
+        return await race_in_tasks(harness, operation)
+    return await asyncio.to_thread(race_in_threads, harness, operation)
+
+
+RACE_MODES = ["tasks", "threads"]
+
+
+# --- put / get / delete ---------------------------------------------------------------
+
+
+async def test_put_then_get_returns_the_value(harness: Harness) -> None:
+    await harness.store.put("k", b"v1", LONG_TTL)
+    assert await harness.store.get("k") == b"v1"
+    await harness.store.put("k", b"v2", LONG_TTL)
+    assert await harness.store.get("k") == b"v2"
+
+
+async def test_get_of_missing_key_returns_none(harness: Harness) -> None:
+    assert await harness.store.get("missing") is None
+
+
+async def test_values_are_opaque_bytes(harness: Harness) -> None:
+    binary = bytes(range(256))
+    await harness.store.put("bin", binary, LONG_TTL)
+    await harness.store.put("empty", b"", LONG_TTL)
+    assert await harness.store.get("bin") == binary
+    assert await harness.store.get("empty") == b""
+
+
+async def test_delete_reports_whether_a_live_entry_was_removed(harness: Harness) -> None:
+    await harness.store.put("k", b"v", LONG_TTL)
+    assert await harness.store.delete("k") is True
+    assert await harness.store.get("k") is None
+    assert await harness.store.delete("k") is False
+
+
+async def test_ping_answers(harness: Harness) -> None:
+    await harness.store.ping()
+
+
+async def test_closed_store_forbids_answers(harness: Harness) -> None:
+    await harness.store.put("k", b"v", LONG_TTL)
+    await harness.store.aclose()
+    with pytest.raises(EphemeralStoreUnavailable):
+        await harness.store.get("k")
+    with pytest.raises(EphemeralStoreUnavailable):
+        await harness.store.ping()
+
+
+# --- TTL ------------------------------------------------------------------------------
+
+
+async def test_entry_expires_after_its_ttl(harness: Harness) -> None:
+    ttl = harness.short_ttl
+    await harness.store.put("k", b"v", ttl)
+    assert await harness.store.get("k") == b"v"
+    await harness.let_expire("k", ttl)
+    assert await harness.store.get("k") is None
+    assert await harness.store.ttl("k") is None
+    assert await harness.store.consume("k") is None
+    assert await harness.store.delete("k") is False
+
+
+async def test_ttl_reports_the_remaining_lifetime(harness: Harness) -> None:
+    await harness.store.put("k", b"v", LONG_TTL)
+    remaining = await harness.store.ttl("k")
+    assert remaining is not None
+    assert LONG_TTL - 5 < remaining <= LONG_TTL
+    assert await harness.store.ttl("missing") is None
+
+
+async def test_put_replaces_the_ttl(harness: Harness) -> None:
+    await harness.store.put("k", b"v", harness.short_ttl)
+    await harness.store.put("k", b"v", LONG_TTL)
+    remaining = await harness.store.ttl("k")
+    assert remaining is not None
+    assert remaining > harness.short_ttl
+
+
+# --- consume: one-time artefacts ------------------------------------------------------
+
+
+async def test_consume_returns_the_value_once(harness: Harness) -> None:
+    await harness.store.put("code", b"grant", LONG_TTL)
+    assert await harness.store.consume("code") == b"grant"
+    assert await harness.store.consume("code") is None
+    assert await harness.store.get("code") is None
+
+
+async def test_consume_of_missing_key_returns_none(harness: Harness) -> None:
+    assert await harness.store.consume("missing") is None
+
+
+@pytest.mark.parametrize("mode", RACE_MODES)
+async def test_consume_forbids_two_winners_under_concurrency(harness: Harness, mode: str) -> None:
+    await harness.store.put("code", b"grant", LONG_TTL)
+
+    async def consume(store: EphemeralStore, _index: int) -> object:
+        return await store.consume("code")
+
+    results = await race(harness, mode, consume)
+    assert len(results) == RACERS
+    assert [r for r in results if r is not None] == [b"grant"]
+    assert await harness.store.get("code") is None
+
+
+# --- put_if_absent: replay caches -----------------------------------------------------
+
+
+async def test_put_if_absent_first_writer_wins(harness: Harness) -> None:
+    assert await harness.store.put_if_absent("jti", b"first", LONG_TTL) is True
+    assert await harness.store.put_if_absent("jti", b"second", LONG_TTL * 2) is False
+    assert await harness.store.get("jti") == b"first"
+    remaining = await harness.store.ttl("jti")
+    assert remaining is not None
+    assert remaining <= LONG_TTL
+
+
+async def test_put_if_absent_succeeds_again_after_expiry(harness: Harness) -> None:
+    ttl = harness.short_ttl
+    assert await harness.store.put_if_absent("nonce", b"a", ttl) is True
+    await harness.let_expire("nonce", ttl)
+    assert await harness.store.put_if_absent("nonce", b"b", LONG_TTL) is True
+    assert await harness.store.get("nonce") == b"b"
+
+
+@pytest.mark.parametrize("mode", RACE_MODES)
+async def test_put_if_absent_forbids_two_winners_under_concurrency(
+    harness: Harness, mode: str
+) -> None:
+    async def claim(store: EphemeralStore, index: int) -> object:
+        return await store.put_if_absent("jti", f"w{index}".encode(), LONG_TTL)
+
+    results = await race(harness, mode, claim)
+    winners = [index for index, won in enumerate(results) if won is True]
+    assert len(winners) == 1
+    assert results.count(False) == RACERS - 1
+    assert await harness.store.get("jti") == f"w{winners[0]}".encode()
+
+
+# --- incr: fixed-window counters ------------------------------------------------------
+
+
+async def test_incr_counts(harness: Harness) -> None:
+    assert await harness.store.incr("n", LONG_TTL) == 1
+    assert await harness.store.incr("n", LONG_TTL) == 2
+    assert await harness.store.incr("n", LONG_TTL, amount=3) == 5
+    assert await harness.store.get("n") == b"5"
+
+
+async def test_incr_forbids_extending_the_window(harness: Harness) -> None:
+    ttl = harness.short_ttl
+    assert await harness.store.incr("n", ttl) == 1
+    assert await harness.store.incr("n", MAX_TTL_SECONDS) == 2
+    remaining = await harness.store.ttl("n")
+    assert remaining is not None
+    assert remaining <= ttl
+    await harness.let_expire("n", ttl)
+    assert await harness.store.incr("n", LONG_TTL) == 1
+    remaining = await harness.store.ttl("n")
+    assert remaining is not None
+    assert remaining > ttl
+
+
+@pytest.mark.parametrize("mode", RACE_MODES)
+async def test_incr_forbids_lost_updates_under_concurrency(harness: Harness, mode: str) -> None:
+    async def bump(store: EphemeralStore, _index: int) -> object:
+        return await store.incr("n", LONG_TTL)
+
+    results = await race(harness, mode, bump)
+    assert sorted(r for r in results if isinstance(r, int)) == list(range(1, RACERS + 1))
+    assert await harness.store.get("n") == str(RACERS).encode()
+
+
+async def test_incr_rejects_a_value_that_is_not_a_counter(harness: Harness) -> None:
+    await harness.store.put("n", b"abc", LONG_TTL)
+    with pytest.raises(CounterValueError):
+        await harness.store.incr("n", LONG_TTL)
+    assert await harness.store.get("n") == b"abc"
+
+
+async def test_incr_rejects_counter_overflow(harness: Harness) -> None:
+    await harness.store.put("n", str(MAX_COUNTER_VALUE).encode(), LONG_TTL)
+    with pytest.raises(CounterValueError):
+        await harness.store.incr("n", LONG_TTL)
+    assert await harness.store.get("n") == str(MAX_COUNTER_VALUE).encode()
+
+
+# --- input bounds ---------------------------------------------------------------------
+
+KeyOperation = Callable[[EphemeralStore, str], Awaitable[object]]
+KEY_OPERATIONS: dict[str, KeyOperation] = {
+    "put": lambda s, k: s.put(k, b"v", LONG_TTL),
+    "put_if_absent": lambda s, k: s.put_if_absent(k, b"v", LONG_TTL),
+    "get": lambda s, k: s.get(k),
+    "consume": lambda s, k: s.consume(k),
+    "delete": lambda s, k: s.delete(k),
+    "incr": lambda s, k: s.incr(k, LONG_TTL),
+    "ttl": lambda s, k: s.ttl(k),
+}
+BAD_KEYS = {
+    "empty": "",
+    "too_long": "k" * (MAX_KEY_LENGTH + 1),
+    "space": "a b",
+    "tab": "a\tb",
+    "newline": "a\nb",
+    "nul": "a\x00b",
+    "del": "a\x7fb",
+    "non_ascii": "grün",
+    "bytes": b"key",
+}
+
+
+@pytest.mark.parametrize("operation", list(KEY_OPERATIONS))
+@pytest.mark.parametrize("case", list(BAD_KEYS))
+async def test_store_rejects_invalid_key(harness: Harness, operation: str, case: str) -> None:
+    with pytest.raises(InvalidKeyError):
+        await KEY_OPERATIONS[operation](harness.store, BAD_KEYS[case])  # type: ignore[arg-type]
+
+
+async def test_store_accepts_longest_key_of_every_printable_character(harness: Harness) -> None:
+    printable = "".join(chr(c) for c in range(0x21, 0x7F))
+    longest = (printable * 3)[:MAX_KEY_LENGTH]
+    await harness.store.put(longest, b"v", LONG_TTL)
+    assert await harness.store.get(longest) == b"v"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"x" * (MAX_VALUE_BYTES + 1), "text", bytearray(b"v"), memoryview(b"v"), None],
+    ids=["oversized", "str", "bytearray", "memoryview", "none"],
+)
+@pytest.mark.parametrize("operation", ["put", "put_if_absent"])
+async def test_store_rejects_invalid_value(harness: Harness, operation: str, value: object) -> None:
+    write = getattr(harness.store, operation)
+    with pytest.raises(InvalidValueError):
+        await write("k", value, LONG_TTL)
+    assert await harness.store.get("k") is None
+
+
+async def test_store_accepts_largest_value(harness: Harness) -> None:
+    value = b"v" * MAX_VALUE_BYTES
+    await harness.store.put("k", value, LONG_TTL)
+    assert await harness.store.get("k") == value
+
+
+BAD_TTLS = {
+    "zero": 0,
+    "negative": -1.0,
+    "nan": math.nan,
+    "infinite": math.inf,
+    "too_long": MAX_TTL_SECONDS + 1,
+    "bool": True,
+    "str": "60",
+    "none": None,
+}
+TTL_OPERATIONS: dict[str, Callable[[EphemeralStore, object], Awaitable[object]]] = {
+    "put": lambda s, t: s.put("k", b"v", t),  # type: ignore[arg-type]
+    "put_if_absent": lambda s, t: s.put_if_absent("k", b"v", t),  # type: ignore[arg-type]
+    "incr": lambda s, t: s.incr("k", t),  # type: ignore[arg-type]
+}
+
+
+@pytest.mark.parametrize("operation", list(TTL_OPERATIONS))
+@pytest.mark.parametrize("case", list(BAD_TTLS))
+async def test_store_rejects_invalid_ttl(harness: Harness, operation: str, case: str) -> None:
+    with pytest.raises(InvalidTTLError):
+        await TTL_OPERATIONS[operation](harness.store, BAD_TTLS[case])
+    assert await harness.store.get("k") is None
+
+
+async def test_store_accepts_longest_ttl(harness: Harness) -> None:
+    await harness.store.put("k", b"v", MAX_TTL_SECONDS)
+    remaining = await harness.store.ttl("k")
+    assert remaining is not None
+    assert MAX_TTL_SECONDS - 5 < remaining <= MAX_TTL_SECONDS
+
+
+@pytest.mark.parametrize(
+    "amount",
+    [0, -1, MAX_INCR_AMOUNT + 1, True, 1.0, "1"],
+    ids=["zero", "negative", "too_large", "bool", "float", "str"],
+)
+async def test_incr_rejects_invalid_amount(harness: Harness, amount: object) -> None:
+    with pytest.raises(InvalidAmountError):
+        await harness.store.incr("n", LONG_TTL, amount)  # type: ignore[arg-type]
+    assert await harness.store.get("n") is None
+
+
+async def test_incr_accepts_largest_amount(harness: Harness) -> None:
+    assert await harness.store.incr("n", LONG_TTL, MAX_INCR_AMOUNT) == MAX_INCR_AMOUNT

@@ -1,0 +1,256 @@
+"""RedisEphemeralStore specifics: namespacing, millisecond TTLs, failure mapping, processes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from healthid.store.ephemeral import (
+    EphemeralStore,
+    EphemeralStoreError,
+    EphemeralStoreUnavailable,
+    RedisEphemeralStore,
+    open_ephemeral_store,
+)
+from healthid.store.ephemeral.redis import (
+    COMMAND_RETRIES,
+    SOCKET_CONNECT_TIMEOUT_SECONDS,
+    SOCKET_TIMEOUT_SECONDS,
+    require_server_version,
+    ttl_to_ms,
+)
+
+LONG_TTL = 60.0
+RACE_PROCESSES = 8
+PROCESS_READY_SECONDS = 30.0
+WORKER = Path(__file__).with_name("_ephemeral_race_worker.py")
+TIMEOUT_SLACK_SECONDS = 1.5
+
+
+@pytest.fixture
+async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisEphemeralStore]:
+    redis_store = RedisEphemeralStore.from_url(redis_url, prefix=redis_prefix)
+    yield redis_store
+    await redis_store.aclose()
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that was just free: nothing listens there."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+# --- namespacing and TTL units --------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_every_key_is_namespaced_by_the_prefix(
+    store: RedisEphemeralStore, raw_redis: aioredis.Redis, redis_prefix: str
+) -> None:
+    await store.put("k", b"v", LONG_TTL)
+    await store.incr("n", LONG_TTL)
+    assert await raw_redis.get(f"{redis_prefix}k") == b"v"
+    assert await raw_redis.get(f"{redis_prefix}n") == b"1"
+    assert await raw_redis.exists("k", "n") == 0
+
+
+@pytest.mark.redis
+async def test_prefixes_forbid_reading_another_namespace(
+    store: RedisEphemeralStore, redis_url: str, redis_prefix: str
+) -> None:
+    other = RedisEphemeralStore.from_url(redis_url, prefix=f"{redis_prefix}other:")
+    try:
+        await store.put("k", b"v", LONG_TTL)
+        assert await other.get("k") is None
+        assert await other.consume("k") is None
+    finally:
+        await other.aclose()
+    assert await store.get("k") == b"v"
+
+
+@pytest.mark.redis
+async def test_ttl_is_sent_in_milliseconds(
+    store: RedisEphemeralStore, raw_redis: aioredis.Redis, redis_prefix: str
+) -> None:
+    await store.put("k", b"v", 90.0)
+    assert 89_000 < await raw_redis.pttl(f"{redis_prefix}k") <= 90_000
+
+
+def test_ttl_rounds_up_to_whole_milliseconds() -> None:
+    assert ttl_to_ms(90.0) == 90_000
+    assert ttl_to_ms(1.0001) == 1001
+    assert ttl_to_ms(0.0001) == 1
+
+
+@pytest.mark.redis
+async def test_incr_forbids_a_counter_without_expiry(
+    store: RedisEphemeralStore, raw_redis: aioredis.Redis, redis_prefix: str
+) -> None:
+    await raw_redis.set(f"{redis_prefix}n", b"5")
+    assert await store.incr("n", LONG_TTL) == 6
+    assert 0 < await raw_redis.pttl(f"{redis_prefix}n") <= LONG_TTL * 1000
+
+
+@pytest.mark.redis
+async def test_ttl_refuses_a_key_without_expiry(
+    store: RedisEphemeralStore, raw_redis: aioredis.Redis, redis_prefix: str
+) -> None:
+    await raw_redis.set(f"{redis_prefix}k", b"v")
+    with pytest.raises(EphemeralStoreError):
+        await store.ttl("k")
+
+
+# --- construction ---------------------------------------------------------------------
+
+
+def test_from_url_sets_small_timeouts_and_no_retries() -> None:
+    redis_store = RedisEphemeralStore.from_url("redis://127.0.0.1:6379/15")
+    kwargs = redis_store._client.connection_pool.connection_kwargs
+    assert kwargs["socket_connect_timeout"] == SOCKET_CONNECT_TIMEOUT_SECONDS
+    assert kwargs["socket_timeout"] == SOCKET_TIMEOUT_SECONDS
+    assert kwargs["retry"].get_retries() == COMMAND_RETRIES == 0
+
+
+def test_store_rejects_a_client_that_decodes_responses() -> None:
+    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/15", decode_responses=True)
+    with pytest.raises(ValueError, match="decode"):
+        RedisEphemeralStore(client)
+
+
+@pytest.mark.parametrize("prefix", ["", "has space", "ü:", "p" * 65, "tab\t"])
+def test_store_rejects_invalid_prefix(prefix: str) -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        RedisEphemeralStore.from_url("redis://127.0.0.1:6379/15", prefix=prefix)
+
+
+def test_factory_with_redis_url_opens_the_redis_store() -> None:
+    opened = open_ephemeral_store("redis://127.0.0.1:6379/15", prefix="app:")
+    assert isinstance(opened, RedisEphemeralStore)
+    assert opened.prefix == "app:"
+
+
+@pytest.mark.parametrize("version", ["6.0.16", "5.0.14", "2.8.0", "garbage", ""])
+def test_server_version_check_rejects_servers_without_getdel(version: str) -> None:
+    with pytest.raises(EphemeralStoreError):
+        require_server_version(version)
+
+
+@pytest.mark.parametrize("version", ["6.2.0", "7.0.15", "7.2.4", "8.0.0"])
+def test_server_version_check_accepts_servers_with_getdel(version: str) -> None:
+    require_server_version(version)
+
+
+# --- backend failures: fail closed, never "not found" ---------------------------------
+
+OPERATIONS = {
+    "put": lambda s: s.put("k", b"v", LONG_TTL),
+    "put_if_absent": lambda s: s.put_if_absent("k", b"v", LONG_TTL),
+    "get": lambda s: s.get("k"),
+    "consume": lambda s: s.consume("k"),
+    "delete": lambda s: s.delete("k"),
+    "incr": lambda s: s.incr("k", LONG_TTL),
+    "ttl": lambda s: s.ttl("k"),
+    "ping": lambda s: s.ping(),
+}
+
+
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+async def test_redis_store_forbids_not_found_when_backend_is_down(operation: str) -> None:
+    redis_store: EphemeralStore = RedisEphemeralStore.from_url(
+        f"redis://127.0.0.1:{closed_port()}/0", prefix="down:"
+    )
+    try:
+        with pytest.raises(EphemeralStoreUnavailable):
+            await OPERATIONS[operation](redis_store)
+    finally:
+        await redis_store.aclose()
+
+
+async def test_redis_store_forbids_waiting_on_a_silent_server() -> None:
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accept and never answer
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    redis_store = RedisEphemeralStore.from_url(f"redis://127.0.0.1:{port}/0", prefix="mute:")
+    started = time.monotonic()
+    try:
+        with pytest.raises(EphemeralStoreUnavailable):
+            await redis_store.consume("k")
+    finally:
+        await redis_store.aclose()
+        server.close()
+        await server.wait_closed()
+    assert time.monotonic() - started < SOCKET_TIMEOUT_SECONDS + TIMEOUT_SLACK_SECONDS
+
+
+# --- races between processes ----------------------------------------------------------
+
+
+async def race_in_processes(
+    redis_url: str, redis_prefix: str, key: str, operation: str
+) -> list[str]:
+    """RACE_PROCESSES interpreters, each connected, released by one line on stdin."""
+    workers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(WORKER),
+            redis_url,
+            redis_prefix,
+            key,
+            operation,
+            str(index),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for index in range(RACE_PROCESSES)
+    ]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            line = await asyncio.wait_for(worker.stdout.readline(), PROCESS_READY_SECONDS)
+            assert line == b"ready\n"
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write(b"go\n")
+        await asyncio.gather(*(w.stdin.drain() for w in workers if w.stdin is not None))
+        outputs = [await asyncio.wait_for(w.communicate(), PROCESS_READY_SECONDS) for w in workers]
+    finally:
+        for worker in workers:
+            if worker.returncode is None:
+                worker.kill()
+                await worker.wait()
+    assert all(w.returncode == 0 for w in workers)
+    return [stdout.decode().strip() for stdout, _ in outputs]
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+async def test_consume_forbids_two_winners_across_processes(
+    store: RedisEphemeralStore, redis_url: str, redis_prefix: str
+) -> None:
+    await store.put("code", b"grant", LONG_TTL)
+    results = await race_in_processes(redis_url, redis_prefix, "code", "consume")
+    assert sorted(results) == ["result None"] * (RACE_PROCESSES - 1) + ["result b'grant'"]
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+async def test_put_if_absent_forbids_two_winners_across_processes(
+    store: RedisEphemeralStore, redis_url: str, redis_prefix: str
+) -> None:
+    results = await race_in_processes(redis_url, redis_prefix, "jti", "put_if_absent")
+    assert results.count("result True") == 1
+    assert results.count("result False") == RACE_PROCESSES - 1
+    winner = results.index("result True")
+    assert await store.get("jti") == f"w{winner}".encode()
