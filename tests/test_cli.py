@@ -31,7 +31,7 @@ def run(*args: str) -> tuple[int, str, str]:
 def test_help_lists_every_command() -> None:
     code, out, _ = run("--help")
     assert code == 0
-    for command in ("serve", "config", "db", "registry", "enclave"):
+    for command in ("serve", "config", "db", "registry", "keys", "enclave"):
         assert command in out
     code, out, _ = run("registry", "--help")
     for command in ("import", "generate", "verify", "count"):
@@ -111,3 +111,23 @@ def test_db_upgrade_and_current(env: Path) -> None:
     assert run("db", "current")[1].strip() == "(empty database)"
     assert run("db", "upgrade")[0] == 0
     assert run("db", "current")[1].strip() == "0001"
+
+
+def test_key_rotation_publishes_next_key_before_it_signs(env: Path) -> None:
+    code, out, _ = run("keys", "rotate", "token")
+    assert code == 0 and "token key" in out
+    first_kid = out.split()[2]
+    code, out, _ = run("keys", "rotate", "token")
+    assert code == 0
+    next_kid = out.split()[2]
+    listing = run("keys", "list")[1]
+    active_line = next(line for line in listing.splitlines() if first_kid in line)
+    next_line = next(line for line in listing.splitlines() if next_kid in line)
+    assert " active " in active_line and " next " in next_line
+    published = json.loads(run("keys", "jwks", "token")[1])
+    assert {k["kid"] for k in published["keys"]} == {first_kid, next_kid}
+    assert all("d" not in k for k in published["keys"])  # public halves only
+    code, _, err = run("keys", "rotate", "token")
+    assert code == 1 and "already waiting" in err
+    key_files = list((env / "data" / "keys").glob("*.pem"))
+    assert len(key_files) == 2

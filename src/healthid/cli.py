@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -277,6 +279,103 @@ def registry_verify() -> None:
         click.echo(f"integrity failure: policyholder {pseudonym}", err=True)
     click.echo(f"checked {total} policyholders, {len(failed)} failed")
     sys.exit(1 if failed else 0)
+
+
+# -- keys -----------------------------------------------------------------------------------
+@main.group()
+def keys() -> None:
+    """Signing keys (ES256) and their rotation."""
+
+
+def _key_state(record: Any, now: int) -> str:
+    if record.is_expired(now):
+        return "expired"
+    if record.is_active(now):
+        return "active"
+    return "next" if record.activate_at > now else "retired"
+
+
+def _when(ts: int | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List the signing keys of every purpose with their schedule."""
+    from healthid.runtime import KEY_PURPOSES
+
+    async def go(rt: Any) -> list[tuple[str, ...]]:
+        now = int(time.time())
+        rows: list[tuple[str, ...]] = []
+        for purpose in KEY_PURPOSES:
+            for r in await rt.key_ring(purpose).published(purpose):
+                rows.append(
+                    (
+                        purpose,
+                        r.kid,
+                        r.backend,
+                        _key_state(r, now),
+                        _when(r.activate_at),
+                        _when(r.retire_at),
+                        _when(r.expires_at),
+                    )
+                )
+        return rows
+
+    rows = _with_runtime(go)
+    click.echo(
+        "purpose     kid                                          backend state    "
+        "activates            retires              expires"
+    )
+    for row in rows:
+        click.echo("{:<11} {:<44} {:<7} {:<8} {:<20} {:<20} {}".format(*row))
+    if not rows:
+        click.echo("(no keys yet: `healthid keys rotate PURPOSE` creates the first)")
+
+
+@keys.command("rotate")
+@click.argument("purpose", type=click.Choice(["federation", "token"]))
+def keys_rotate(purpose: str) -> None:
+    """Create the next key of PURPOSE: published now, signing after the publish lead."""
+    from healthid.keys.base import KeyStoreError
+
+    async def go(rt: Any) -> Any:
+        return await rt.key_ring(purpose).rotate(purpose)
+
+    try:
+        record = _with_runtime(go)
+    except KeyStoreError as exc:
+        click.echo(f"healthid: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{purpose} key {record.kid} published; signs from {_when(record.activate_at)}")
+
+
+@keys.command("prune")
+def keys_prune() -> None:
+    """Destroy keys whose signatures have all expired."""
+    from healthid.runtime import KEY_PURPOSES
+
+    async def go(rt: Any) -> list[str]:
+        pruned: list[str] = []
+        for purpose in KEY_PURPOSES:
+            pruned += await rt.key_ring(purpose).prune(purpose)
+        return pruned
+
+    pruned = _with_runtime(go)
+    click.echo(f"pruned {len(pruned)} expired key(s)" + "".join(f"\n  {k}" for k in pruned))
+
+
+@keys.command("jwks")
+@click.argument("purpose", type=click.Choice(["federation", "token"]))
+def keys_jwks(purpose: str) -> None:
+    """Print the JWK Set published for PURPOSE now (public keys only)."""
+
+    async def go(rt: Any) -> Any:
+        return await rt.key_ring(purpose).jwks(purpose)
+
+    click.echo(json.dumps(_with_runtime(go), indent=2))
 
 
 # -- enclave --------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ runs in-process (``tee: simulated``).
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +18,23 @@ from healthid.enclave.sealing import SimulatedFileSealer
 from healthid.enclave.service import Enclave
 from healthid.enclave.vault import Vault
 from healthid.host.app import HostDeps, create_app
-from healthid.settings import Settings, TeeKind
+from healthid.keys.base import SigningKeyStore
+from healthid.keys.file import FileKeyStore
+from healthid.keys.rotation import KeyRing
+from healthid.settings import KeyBackend, Settings, TeeKind
 from healthid.store.ephemeral import EphemeralStore, open_ephemeral_store
 from healthid.store.sql.engine import create_engine, upgrade
+from healthid.store.sql.keyring import SqlKeyRingRepository
 from healthid.store.sql.policyholders import PolicyholderRepository
 
 ROOT_KEY_FILE = "root-key.simulated-tee.INSECURE.json"
+CLOCK_SKEW = 300  # seconds verifiers may be off; added to what a key signed may live
+# Signing key purposes and the longest lifetime of anything each signs (seconds):
+# entity statements and signed JWKS live 2 h (gematik-sectoral-idp.md §3), ID tokens 300 s.
+KEY_PURPOSES: dict[str, int] = {
+    "federation": 2 * 60 * 60 + CLOCK_SKEW,
+    "token": 300 + CLOCK_SKEW,
+}
 
 
 class StartupError(Exception):
@@ -31,6 +43,21 @@ class StartupError(Exception):
 
 def enclave_dir(settings: Settings) -> Path:
     return settings.data_dir / "enclave"
+
+
+def build_key_store(settings: Settings) -> SigningKeyStore:
+    """The signing key store: key files in development, the HSM (PKCS#11) in production."""
+    if settings.key_backend is KeyBackend.FILE:
+        return FileKeyStore(settings.data_dir / "keys")
+    from healthid.keys.pkcs11 import Pkcs11KeyStore
+
+    if not (settings.pkcs11_module and settings.pkcs11_token_label and settings.pkcs11_pin):
+        raise StartupError("key_backend=pkcs11 needs HEALTHID_PKCS11_MODULE, _TOKEN_LABEL and _PIN")
+    return Pkcs11KeyStore(
+        settings.pkcs11_module,
+        settings.pkcs11_token_label,
+        settings.pkcs11_pin.get_secret_value(),
+    )
 
 
 def build_enclave(settings: Settings) -> Enclave:
@@ -57,8 +84,27 @@ class Runtime:
     enclave: Enclave
     policyholders: PolicyholderRepository
     ephemeral: EphemeralStore
+    key_store: SigningKeyStore
+
+    def key_ring(self, purpose: str) -> KeyRing:
+        if purpose not in KEY_PURPOSES:
+            raise StartupError(f"unknown key purpose {purpose!r}: {', '.join(KEY_PURPOSES)}")
+        return KeyRing(
+            store=self.key_store,
+            repository=SqlKeyRingRepository(self.engine),
+            clock=lambda: int(time.time()),
+            max_signed_lifetime=KEY_PURPOSES[purpose],
+        )
+
+    async def ensure_keys(self) -> None:
+        """Create the first signing key of every purpose that has none (active at once)."""
+        for purpose in KEY_PURPOSES:
+            await self.key_ring(purpose).ensure(purpose)
 
     async def aclose(self) -> None:
+        close_keys = getattr(self.key_store, "close", None)
+        if callable(close_keys):
+            close_keys()
         self.enclave.close()
         await self.ephemeral.aclose()
         await self.engine.dispose()
@@ -76,6 +122,7 @@ async def open_runtime(settings: Settings, *, migrate: bool | None = None) -> Ru
         enclave=build_enclave(settings),
         policyholders=PolicyholderRepository(engine),
         ephemeral=open_ephemeral_store(settings.redis_url),
+        key_store=build_key_store(settings),
     )
 
 
@@ -86,6 +133,8 @@ def build_app(settings: Settings) -> Starlette:
     async def deps() -> HostDeps:
         rt = await open_runtime(settings)
         holder.append(rt)
+        if settings.development:
+            await rt.ensure_keys()
         return HostDeps(
             mode=settings.mode.value,
             public_url=settings.public_url,
