@@ -86,6 +86,21 @@ async def redis_url() -> AsyncIterator[str]:
     yield REDIS_URL
 
 
+@pytest.fixture
+async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
+    """A fresh key namespace in the test Redis; its keys are deleted afterwards."""
+    import redis.asyncio as redis
+
+    prefix = f"healthid-test-{secrets.token_hex(6)}:"
+    yield prefix
+    client = redis.from_url(redis_url)
+    try:
+        async for key in client.scan_iter(match=f"{prefix}*", count=500):
+            await client.delete(key)
+    finally:
+        await client.aclose()
+
+
 @dataclass(frozen=True, kw_only=True)
 class SoftHsmToken:
     module: Path

@@ -19,6 +19,7 @@ import click
 
 from healthid import __version__
 from healthid.settings import Settings, SettingsError, load_settings
+from healthid.wallet import cli as wallet_cli
 
 T = TypeVar("T")
 PRINT_ERRORS = 200  # import errors printed before "... and N more"
@@ -378,6 +379,84 @@ def keys_jwks(purpose: str) -> None:
     click.echo(json.dumps(_with_runtime(go), indent=2))
 
 
+# -- development helpers ------------------------------------------------------------------
+@main.command("eid-standin")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8090, show_default=True)
+@click.option(
+    "--registry",
+    "registry_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Serve the people of this registry file (keyed by KVNR) instead of the demo identities.",
+)
+def eid_standin(host: str, port: int, registry_file: Path | None) -> None:
+    """Run the local eID-Server stand-in (development and tests only, never in production)."""
+    from healthid.eid.standin import run_standin
+    from healthid.eid.standin_identities import DEMO_IDENTITIES
+
+    settings = _settings()
+    if not settings.development:
+        click.echo("healthid: the eID-Server stand-in never runs in production mode", err=True)
+        sys.exit(2)
+    identities = DEMO_IDENTITIES
+    if registry_file is not None:
+        from healthid.demo.eid_identities import RegistryFileError, identities_from_registry
+
+        try:
+            identities = identities_from_registry(registry_file.read_bytes(), registry_file.name)
+        except RegistryFileError as exc:
+            click.echo(f"healthid: {registry_file}: {exc}", err=True)
+            sys.exit(1)
+    click.echo(
+        f"eID-Server stand-in (TEST ONLY) on http://{host}:{port}/eID with "
+        f"{len(identities)} identities; completion hook: /standin/sessions/PSK_ID/complete"
+    )
+    run_standin(host, port, identities, enabled_in_production=not settings.development)
+
+
+@main.group("egk-test-ca")
+def egk_test_ca() -> None:
+    """The TEST eGK CA of development mode (its cards prove nothing)."""
+
+
+@egk_test_ca.command("issue")
+@click.option("--kvnr", required=True)
+@click.option("--ik", required=True)
+@click.option("--given-name", required=True)
+@click.option("--family-name", required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def egk_test_ca_issue(kvnr: str, ik: str, given_name: str, family_name: str, output: Path) -> None:
+    """Issue a test eGK (certificate + card key) into a card file for `healthid wallet`."""
+    import base64
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+
+    from healthid.demo.egk_test_ca import TestEgkCa
+    from healthid.runtime import EGK_TEST_CA_DIR
+
+    settings = _settings()
+    if not settings.development:
+        click.echo("healthid: the test eGK CA exists in development mode only", err=True)
+        sys.exit(2)
+    card = TestEgkCa.create(settings.data_dir / EGK_TEST_CA_DIR).issue_card(
+        kvnr, ik, given_name, family_name
+    )
+    doc = {
+        "warning": "TEST-ONLY development eGK: proves nothing about anybody",
+        "certificate": base64.b64encode(card.certificate_der).decode(),
+        "private_key": card.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode(),
+    }
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(doc, fh, indent=2)
+    click.echo(f"wrote test card to {output}")
+
+
 # -- enclave --------------------------------------------------------------------------------
 @main.group()
 def enclave() -> None:
@@ -404,6 +483,8 @@ def enclave_status() -> None:
         )
     )
 
+
+main.add_command(wallet_cli.wallet)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -8,21 +8,28 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
+from healthid.eid.client import EidClient, EidClientConfig
+from healthid.eid.transport import TransportConfig
 from healthid.enclave.sealing import SimulatedFileSealer
 from healthid.enclave.service import Enclave
 from healthid.enclave.vault import Vault
 from healthid.host.app import HostDeps, create_app
+from healthid.host.attestation import AttestationPolicy
+from healthid.host.wallet_service import WalletService
 from healthid.keys.base import SigningKeyStore
 from healthid.keys.file import FileKeyStore
 from healthid.keys.rotation import KeyRing
 from healthid.settings import KeyBackend, Settings, TeeKind
 from healthid.store.ephemeral import EphemeralStore, open_ephemeral_store
+from healthid.store.sql.devices import DeviceRepository
 from healthid.store.sql.engine import create_engine, upgrade
 from healthid.store.sql.keyring import SqlKeyRingRepository
 from healthid.store.sql.policyholders import PolicyholderRepository
@@ -74,7 +81,44 @@ def build_enclave(settings: Settings) -> Enclave:
         workers=workers,
         tee="simulated",
         allow_test_kvnr=settings.development,
+        egk_cas=load_egk_cas(settings),
+        eid_client_factory=eid_client_factory(settings),
     )
+
+
+def eid_client_factory(settings: Settings) -> Callable[[], EidClient] | None:
+    """How the enclave reaches the eID-Server (None: eID proofing is not configured)."""
+    if settings.eid_server_url is None:
+        return None
+    config = EidClientConfig(
+        endpoint=settings.eid_server_url,
+        poll_attempts=1,  # the wallet asks again; the enclave never blocks on a user
+        transport=TransportConfig(allow_plain_http=settings.development),
+    )
+    return lambda: EidClient(config)
+
+
+EGK_TEST_CA_DIR = "egk-test-ca"
+
+
+def load_egk_cas(settings: Settings) -> list[x509.Certificate]:
+    """The configured eGK CA certificates; development mode adds the test eGK CA."""
+    cas: list[x509.Certificate] = []
+    for path in settings.egk_ca_files:
+        raw = path.read_bytes()
+        try:
+            cas.append(
+                x509.load_pem_x509_certificate(raw)
+                if b"-----BEGIN" in raw
+                else x509.load_der_x509_certificate(raw)
+            )
+        except ValueError as exc:
+            raise StartupError(f"HEALTHID_EGK_CA_FILES: {path} is not a certificate") from exc
+    if settings.development:
+        from healthid.demo.egk_test_ca import TestEgkCa
+
+        cas.append(TestEgkCa.create(settings.data_dir / EGK_TEST_CA_DIR).certificate)
+    return cas
 
 
 @dataclass(kw_only=True)
@@ -85,6 +129,18 @@ class Runtime:
     policyholders: PolicyholderRepository
     ephemeral: EphemeralStore
     key_store: SigningKeyStore
+    devices: DeviceRepository
+
+    def wallet_service(self) -> WalletService:
+        return WalletService(
+            enclave=self.enclave,
+            policyholders=self.policyholders,
+            devices=self.devices,
+            ephemeral=self.ephemeral,
+            attestation=AttestationPolicy(
+                app_id=self.settings.wallet_app_id, allow_software=self.settings.development
+            ),
+        )
 
     def key_ring(self, purpose: str) -> KeyRing:
         if purpose not in KEY_PURPOSES:
@@ -121,8 +177,9 @@ async def open_runtime(settings: Settings, *, migrate: bool | None = None) -> Ru
         engine=engine,
         enclave=build_enclave(settings),
         policyholders=PolicyholderRepository(engine),
-        ephemeral=open_ephemeral_store(settings.redis_url),
+        ephemeral=open_ephemeral_store(settings.redis_url, prefix=settings.redis_prefix),
         key_store=build_key_store(settings),
+        devices=DeviceRepository(engine),
     )
 
 
@@ -141,6 +198,7 @@ def build_app(settings: Settings) -> Starlette:
             enclave=rt.enclave,
             engine=rt.engine,
             ephemeral=rt.ephemeral,
+            wallet=rt.wallet_service(),
         )
 
     async def close() -> None:

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     database_url: str | None = None
     # Ephemeral store: in-memory unless a Redis URL is given.
     redis_url: str | None = None
+    # Namespace of every Redis key (several deployments or test runs may share one Redis).
+    redis_prefix: str = Field(default="healthid:", pattern=r"^[!-~]{1,64}$")
     tee: TeeKind = TeeKind.SIMULATED
     key_backend: KeyBackend = KeyBackend.FILE
     pkcs11_module: Path | None = None
@@ -92,6 +94,13 @@ class Settings(BaseSettings):
     fedmaster_jwks_file: Path | None = None
     # Worker processes of the enclave for bulk work (registry import); 0 = one per CPU core.
     enclave_workers: int = Field(default=0, ge=0, le=64)
+    # eGK CA certificates (PEM or DER files) that issue the C.CH.AUT certificates we accept.
+    # Development adds the test eGK CA under data_dir/egk-test-ca.
+    egk_ca_files: list[Path] = Field(default_factory=list)
+    # App identity named in the reference client's software attestation (development only).
+    wallet_app_id: str = "de.healthid.wallet.dev"
+    # The eID-Server (BSI TR-03130 eID-Interface); development default: `healthid eid-standin`.
+    eid_server_url: str | None = None
     public_url: str = "http://127.0.0.1:8080"
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=8080, ge=1, le=65535)

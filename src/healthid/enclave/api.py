@@ -8,7 +8,7 @@ Protocol. Host code imports this module and nothing else from ``healthid.enclave
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 TEE_SIMULATED = "simulated"
@@ -17,6 +17,17 @@ MAX_REPORTED_ERRORS = 10_000  # errors listed per import; the rest are counted
 
 class EnclaveError(Exception):
     """The enclave refused a request. The message is safe to show: no personal data."""
+
+
+class IdentityNotConfirmed(EnclaveError):  # noqa: N818 - a refusal, named as users see it
+    """No single insured registry entry fits the proof. Deliberately says nothing more."""
+
+    def __init__(self, detail: str = "the identity could not be confirmed") -> None:
+        super().__init__(detail)
+
+
+class ProofRejected(EnclaveError):  # noqa: N818 - a refusal, named as users see it
+    """The identity proof itself is invalid (bad signature, untrusted card, expired ...)."""
 
 
 class UnknownImport(EnclaveError):  # noqa: N818 (a refusal, named after what is missing)
@@ -84,6 +95,66 @@ class SealedChunk:
     errors: tuple[RowError, ...]
 
 
+@dataclass(frozen=True, kw_only=True)
+class IdentityLookup:
+    """An identity proof held in the enclave, and the blind indexes to fetch candidates for."""
+
+    proof_id: str
+    method: str  # "eid" | "egk"
+    lookups: tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EidStarted:
+    """What the wallet needs for its TC Token (TR-03124); ``handle`` stays with the host."""
+
+    handle: str
+    psk_id: str
+    psk_key: str = field(repr=False)
+    ecard_server_address: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class IdentityMatch:
+    pseudonym: str
+    method: str
+    new_lookup_indexes: tuple[tuple[str, bytes], ...] = ()  # e.g. the eID restricted-ID link
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryEvent:
+    """One entry of the policyholder's own history (sealed for them by the enclave)."""
+
+    kind: str  # enrolled | device_bound | device_revoked | login | recovered
+    at: int
+    device_id: str | None = None
+    detail: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "at": self.at,
+            "device_id": self.device_id,
+            "detail": self.detail,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> HistoryEvent:
+        return cls(
+            kind=str(data["kind"]),
+            at=int(str(data["at"])),
+            device_id=None if data.get("device_id") is None else str(data["device_id"]),
+            detail=None if data.get("detail") is None else str(data["detail"]),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SealedHistoryEvent:
+    event_id: str
+    created_at: int
+    ciphertext: bytes
+
+
 class EnclaveClient(Protocol):
     """What the host may ask of the enclave."""
 
@@ -108,3 +179,32 @@ class EnclaveClient(Protocol):
     async def verify_policyholders(self, sealed: list[SealedPolicyholder]) -> list[str]:
         """Decrypt each policyholder's records; return the pseudonyms that fail integrity."""
         ...
+
+    async def egk_prove(
+        self,
+        *,
+        certificate: bytes,
+        signature: bytes,
+        challenge: bytes,
+        intermediates: tuple[bytes, ...] = (),
+    ) -> IdentityLookup:
+        """Verify the eGK's C.CH.AUT signature over ``challenge``; ProofRejected if invalid."""
+        ...
+
+    async def eid_start(self) -> EidStarted:
+        """Open an eID-Server session (useID) for an identity proof with the eID card."""
+        ...
+
+    async def eid_collect(self, handle: str) -> IdentityLookup | None:
+        """getResult: the proof once the user has finished, None while they have not."""
+        ...
+
+    async def match_identity(
+        self, proof_id: str, candidates: list[SealedPolicyholder]
+    ) -> IdentityMatch:
+        """The one insured candidate fitting the proof, or IdentityNotConfirmed."""
+        ...
+
+    async def seal_history(
+        self, sealed: SealedPolicyholder, event: HistoryEvent
+    ) -> SealedHistoryEvent: ...

@@ -11,13 +11,19 @@ import multiprocessing
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
+import cbor2
+from cryptography import x509
+
 from healthid import __version__
+from healthid.eid.client import EidClient
 from healthid.enclave import api
+from healthid.enclave.eid_proofing import EidProofing
+from healthid.enclave.proofing import Proofing, ProvenAttributes
 from healthid.enclave.registry.formats import (
     ParseOptions,
     RawRow,
@@ -35,6 +41,7 @@ from healthid.enclave.registry.model import (
 )
 from healthid.enclave.sealing import SIMULATED_WARNING
 from healthid.enclave.vault import RootKey, Vault, VaultError, WrappedKey
+from healthid.protocol.egk import EgkError, verify_egk_authentication
 
 KVNR_INDEX = "kvnr"
 NAME_BIRTH_INDEX = "name_birth"
@@ -84,6 +91,8 @@ class Enclave:
         allow_test_kvnr: bool = False,
         clock: Callable[[], float] = time.monotonic,
         today: Callable[[], date] = lambda: datetime.now(UTC).date(),
+        egk_cas: Sequence[x509.Certificate] = (),
+        eid_client_factory: Callable[[], EidClient] | None = None,
     ) -> None:
         self._vault = vault
         self._root = root
@@ -94,6 +103,13 @@ class Enclave:
         self._clock = clock
         self._today = today
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._egk_cas = tuple(egk_cas)
+        self._proofing = Proofing(
+            blind_index=vault.blind_index,
+            open_policyholder=self.open_policyholder,
+            today=today,
+        )
+        self._eid = EidProofing(eid_client_factory, self._proofing.begin)
 
     # -- status ---------------------------------------------------------------------------
     async def status(self) -> api.EnclaveStatus:
@@ -237,6 +253,79 @@ class Enclave:
             ),
             lookup_indexes=((NAME_BIRTH_INDEX, vault.blind_index(NAME_BIRTH_INDEX, lookup)),),
         )
+
+    # -- identity proofing (issue #3) -----------------------------------------------------
+    async def egk_prove(
+        self,
+        *,
+        certificate: bytes,
+        signature: bytes,
+        challenge: bytes,
+        intermediates: tuple[bytes, ...] = (),
+    ) -> api.IdentityLookup:
+        """Verify an eGK C.CH.AUT authentication and open a proof for its KVNR."""
+        try:
+            identity = verify_egk_authentication(
+                certificate_der=certificate,
+                signature=signature,
+                challenge=challenge,
+                trusted_cas=self._egk_cas,
+                now=datetime.now(UTC),
+                intermediates=intermediates,
+                accept_test_kvnr=self._allow_test_kvnr,
+            )
+        except EgkError as exc:
+            raise api.ProofRejected(f"eGK authentication refused: {exc.public_reason}") from None
+        return self._proofing.begin(ProvenAttributes(method="egk", kvnr=identity.kvnr))
+
+    async def eid_start(self) -> api.EidStarted:
+        return await self._eid.start()
+
+    async def eid_collect(self, handle: str) -> api.IdentityLookup | None:
+        return await self._eid.collect(handle)
+
+    async def match_identity(
+        self, proof_id: str, candidates: list[api.SealedPolicyholder]
+    ) -> api.IdentityMatch:
+        return self._proofing.match(proof_id, candidates)
+
+    async def seal_history(
+        self, sealed: api.SealedPolicyholder, event: api.HistoryEvent
+    ) -> api.SealedHistoryEvent:
+        """Encrypt a history event for the policyholder (their data key, type history:<id>)."""
+        vault = self._vault
+        if sealed.wrapped_key is None:
+            raise VaultError(f"policyholder {sealed.pseudonym} was crypto-shredded")
+        data_key = vault.unwrap(
+            sealed.pseudonym, WrappedKey(root_key_id=sealed.root_key_id, blob=sealed.wrapped_key)
+        )
+        event_id = secrets.token_hex(16)
+        blob = vault.seal(
+            data_key,
+            pseudonym=sealed.pseudonym,
+            record_type=f"history:{event_id}",
+            version=1,
+            plaintext=bytes(cbor2.dumps(event.to_dict())),
+        )
+        return api.SealedHistoryEvent(event_id=event_id, created_at=event.at, ciphertext=blob)
+
+    def open_history(
+        self, sealed: api.SealedPolicyholder, event_id: str, ciphertext: bytes
+    ) -> api.HistoryEvent:
+        vault = self._vault
+        if sealed.wrapped_key is None:
+            raise VaultError(f"policyholder {sealed.pseudonym} was crypto-shredded")
+        data_key = vault.unwrap(
+            sealed.pseudonym, WrappedKey(root_key_id=sealed.root_key_id, blob=sealed.wrapped_key)
+        )
+        raw = vault.open(
+            data_key,
+            pseudonym=sealed.pseudonym,
+            record_type=f"history:{event_id}",
+            version=1,
+            blob=ciphertext,
+        )
+        return api.HistoryEvent.from_dict(cbor2.loads(raw))
 
     # -- reading (inside the enclave only) ------------------------------------------------
     def open_policyholder(self, sealed: api.SealedPolicyholder) -> Policyholder:

@@ -21,6 +21,8 @@ from starlette.routing import Route
 
 from healthid import __version__
 from healthid.enclave.api import EnclaveClient
+from healthid.host.wallet_api import wallet_routes
+from healthid.host.wallet_service import WalletService
 from healthid.store.ephemeral import EphemeralStore
 
 SECURITY_HEADERS = {
@@ -38,6 +40,7 @@ class HostDeps:
     enclave: EnclaveClient
     engine: AsyncEngine
     ephemeral: EphemeralStore
+    wallet: WalletService
 
 
 def _json(body: object, status: int = 200) -> JSONResponse:
@@ -124,6 +127,7 @@ version {html.escape(__version__)}, {html.escape(deps.mode)} mode.</p>{banner}
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/status", status),
+            *wallet_routes(lambda: state["deps"].wallet),
         ],
         lifespan=lifespan,
     )

@@ -155,6 +155,25 @@ class PolicyholderRepository:
             )
             return await self._load(conn, [r[0] for r in rows])
 
+    async def add_lookup_indexes(
+        self, pseudonym: str, indexes: Sequence[tuple[str, bytes]]
+    ) -> None:
+        """Add blind indexes (e.g. an eID restricted-ID link) to a policyholder; idempotent."""
+        async with self._engine.begin() as conn:
+            existing = {
+                (r.kind, bytes(r.digest))
+                for r in await conn.execute(
+                    select(lookup_indexes).where(lookup_indexes.c.pseudonym == pseudonym)
+                )
+            }
+            rows = [
+                {"kind": kind, "digest": digest, "pseudonym": pseudonym}
+                for kind, digest in indexes
+                if (kind, digest) not in existing
+            ]
+            if rows:
+                await conn.execute(lookup_indexes.insert(), rows)
+
     async def count(self) -> int:
         async with self._engine.connect() as conn:
             return int(

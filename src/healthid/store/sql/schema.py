@@ -86,3 +86,34 @@ signing_keys = Table(
     Column("expires_at", BigInteger, nullable=True),
     Index("ix_signing_keys_purpose", "purpose"),
 )
+
+# Bound devices: the public device key (not personal data by itself), its key class and the
+# proofing that enrolled it. A device belongs to one pseudonym; revoked devices stay for the
+# history but can never authenticate again.
+devices = Table(
+    "devices",
+    metadata,
+    Column("device_id", String(32), primary_key=True),
+    Column("pseudonym", String(PSEUDONYM_LEN), nullable=False),
+    Column("key_class", String(16), nullable=False),
+    Column("attestation_format", String(32), nullable=False),
+    Column("public_key", LargeBinary, nullable=False),  # SubjectPublicKeyInfo DER, P-256
+    Column("sign_count", BigInteger, nullable=False),
+    Column("proofing_method", String(8), nullable=False),
+    Column("proofed_at", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger, nullable=True),
+    Index("ix_devices_pseudonym", "pseudonym"),
+)
+
+# The policyholder's own history (enrolments, devices, logins), sealed by the enclave under
+# the policyholder's data key (record type "history:<event_id>"): the operator sees only
+# that something happened at some time, not what.
+history = Table(
+    "history",
+    metadata,
+    Column("pseudonym", String(PSEUDONYM_LEN), primary_key=True),
+    Column("event_id", String(32), primary_key=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+)

@@ -1,0 +1,519 @@
+"""The wallet backend's flows on the host: enrolment, device binding, device-key login,
+device management and recovery (issue #3).
+
+Everything personal is decided in the enclave (identity proofing and matching); the host
+keeps flow state in the ephemeral store (TTL'd, single use), devices (public keys) and the
+policyholder's sealed history in SQL, and enforces rate limits. Errors carry no personal data
+and never say whether someone is insured.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from healthid.enclave.api import (
+    EnclaveClient,
+    HistoryEvent,
+    IdentityMatch,
+    SealedPolicyholder,
+)
+from healthid.host.attestation import (
+    AttestationPolicy,
+    verify_device_attestation,
+    verify_login_assertion,
+)
+from healthid.protocol import device_auth
+from healthid.protocol.oidc.loa import (
+    Assurance,
+    DeviceKeyClass,
+    ProofingMethod,
+    derive_assurance,
+)
+from healthid.store.ephemeral import EphemeralStore
+from healthid.store.sql.devices import DeviceRecord, DeviceRepository, HistoryEntry
+from healthid.store.sql.policyholders import PolicyholderRepository
+
+ENROLMENT_TTL = 600  # seconds from starting an enrolment to binding the device
+AUTH_CHALLENGE_TTL = 120  # seconds a login challenge is valid (single use)
+DEVICE_SESSION_TTL = 300  # seconds a device session (device management) is valid
+MAX_DEVICES_PER_PERSON = 5
+DEVICE_ID_BYTES = 16
+
+
+@dataclass(frozen=True, kw_only=True)
+class RateLimit:
+    """At most ``limit`` events per ``window`` seconds."""
+
+    limit: int
+    window: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class WalletLimits:
+    """Documented defaults; see README "Limits against attackers"."""
+
+    enrolments_per_ip: RateLimit = RateLimit(limit=30, window=3600)
+    failed_proofs_per_ip: RateLimit = RateLimit(limit=10, window=3600)
+    failed_proofs_per_person: RateLimit = RateLimit(limit=10, window=3600)
+    challenges_per_ip: RateLimit = RateLimit(limit=600, window=60)
+    failed_auth_per_ip: RateLimit = RateLimit(limit=30, window=600)
+    failed_auth_per_device_ip: RateLimit = RateLimit(limit=5, window=600)
+    # Across all IPs a device is only slowed down, with a high bar: an attacker without the
+    # key cannot keep its owner out for long (the window is short).
+    failed_auth_per_device: RateLimit = RateLimit(limit=100, window=300)
+
+
+class WalletError(Exception):
+    """A refusal with an HTTP status and an OAuth-style error code; safe to show."""
+
+    status = 400
+    error = "invalid_request"
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
+
+
+class NotFound(WalletError):  # noqa: N818 - named after the HTTP status
+    status = 404
+    error = "not_found"
+
+
+class Forbidden(WalletError):  # noqa: N818
+    status = 403
+    error = "access_denied"
+
+
+class Unauthorized(WalletError):  # noqa: N818
+    status = 401
+    error = "invalid_token"
+
+
+class TooManyRequests(WalletError):  # noqa: N818
+    status = 429
+    error = "slow_down"
+
+    def __init__(self, description: str, retry_after: int) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after
+
+
+class Conflict(WalletError):  # noqa: N818
+    status = 409
+    error = "conflict"
+
+
+IDENTITY_NOT_CONFIRMED = "the identity could not be confirmed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Enrolment:
+    enrolment_id: str
+    challenge: bytes
+    expires_in: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class BoundDevice:
+    device_id: str
+    key_class: str
+    assurance: Assurance
+    revoked_devices: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoginResult:
+    session: str
+    device_id: str
+    auth_time: int
+    assurance: Assurance
+    pseudonym: str = field(repr=False)
+
+
+def _b64(raw: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    import base64
+
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class WalletService:
+    def __init__(
+        self,
+        *,
+        enclave: EnclaveClient,
+        policyholders: PolicyholderRepository,
+        devices: DeviceRepository,
+        ephemeral: EphemeralStore,
+        attestation: AttestationPolicy,
+        limits: WalletLimits | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._enclave = enclave
+        self._policyholders = policyholders
+        self._devices = devices
+        self._store = ephemeral
+        self._attestation = attestation
+        self._limits = limits or WalletLimits()
+        self._clock = clock
+
+    def _now(self) -> int:
+        return int(self._clock())
+
+    # -- rate limits ------------------------------------------------------------------------
+    async def _check(self, name: str, subject: str, rule: RateLimit) -> None:
+        """Refuse when the counter is already at its limit (does not count this attempt)."""
+        raw = await self._store.get(f"rl:{name}:{subject}")
+        if raw is not None and int(raw) >= rule.limit:
+            ttl = await self._store.ttl(f"rl:{name}:{subject}")
+            raise TooManyRequests("too many attempts; try again later", int(ttl or rule.window) + 1)
+
+    async def _count(self, name: str, subject: str, rule: RateLimit) -> None:
+        await self._store.incr(f"rl:{name}:{subject}", rule.window)
+
+    # -- state helpers ------------------------------------------------------------------------
+    async def _put(self, key: str, value: dict[str, Any], ttl: int) -> None:
+        await self._store.put(key, json.dumps(value).encode(), ttl)
+
+    async def _get(self, key: str) -> dict[str, Any] | None:
+        raw = await self._store.get(key)
+        return None if raw is None else dict(json.loads(raw))
+
+    async def _enrolment(self, enrolment_id: str) -> dict[str, Any]:
+        state = await self._get(f"enrol:{enrolment_id}")
+        if state is None:
+            raise NotFound("unknown or expired enrolment")
+        return state
+
+    # -- enrolment ------------------------------------------------------------------------------
+    async def start_enrolment(self, *, ip: str) -> Enrolment:
+        await self._check("enrol_ip", ip, self._limits.enrolments_per_ip)
+        await self._count("enrol_ip", ip, self._limits.enrolments_per_ip)
+        enrolment_id = secrets.token_urlsafe(18)
+        challenge = secrets.token_bytes(device_auth.CHALLENGE_BYTES)
+        await self._put(
+            f"enrol:{enrolment_id}",
+            {"challenge": _b64(challenge), "ip": ip, "started": self._now()},
+            ENROLMENT_TTL,
+        )
+        return Enrolment(enrolment_id=enrolment_id, challenge=challenge, expires_in=ENROLMENT_TTL)
+
+    async def prove_with_egk(
+        self,
+        enrolment_id: str,
+        *,
+        certificate: bytes,
+        signature: bytes,
+        intermediates: tuple[bytes, ...] = (),
+        ip: str,
+    ) -> str:
+        """Identity proofing with the eGK; returns the method. The card signed the challenge."""
+        state = await self._enrolment(enrolment_id)
+        await self._check("proof_ip", ip, self._limits.failed_proofs_per_ip)
+        from healthid.enclave.api import ProofRejected
+
+        try:
+            lookup = await self._enclave.egk_prove(
+                certificate=certificate,
+                signature=signature,
+                challenge=_unb64(state["challenge"]),
+                intermediates=intermediates,
+            )
+        except ProofRejected as exc:
+            await self._count("proof_ip", ip, self._limits.failed_proofs_per_ip)
+            raise Forbidden(str(exc)) from None
+        match = await self._match(lookup.proof_id, lookup.lookups, ip=ip)
+        await self._record_proof(enrolment_id, state, match)
+        return match.method
+
+    async def start_eid(self, enrolment_id: str, *, ip: str) -> dict[str, str | None]:
+        """Open an eID-Server session; the wallet gets the values of its TC Token."""
+        from healthid.enclave.api import ProofRejected
+
+        state = await self._enrolment(enrolment_id)
+        await self._check("proof_ip", ip, self._limits.failed_proofs_per_ip)
+        try:
+            started = await self._enclave.eid_start()
+        except ProofRejected as exc:
+            raise Forbidden(str(exc)) from None
+        state["eid_handle"] = started.handle
+        remaining = max(1, ENROLMENT_TTL - (self._now() - int(state["started"])))
+        await self._put(f"enrol:{enrolment_id}", state, remaining)
+        return {
+            "psk_id": started.psk_id,
+            "psk_key": started.psk_key,
+            "ecard_server_address": started.ecard_server_address,
+        }
+
+    async def finish_eid(self, enrolment_id: str, *, ip: str) -> str | None:
+        """After the user finished in the eID client: the proving method, or None (pending)."""
+        from healthid.enclave.api import ProofRejected
+
+        state = await self._enrolment(enrolment_id)
+        handle = state.get("eid_handle")
+        if not handle:
+            raise WalletError("start the eID session first")
+        try:
+            lookup = await self._enclave.eid_collect(handle)
+        except ProofRejected as exc:
+            await self._count("proof_ip", ip, self._limits.failed_proofs_per_ip)
+            raise Forbidden(str(exc)) from None
+        if lookup is None:
+            return None
+        match = await self._match(lookup.proof_id, lookup.lookups, ip=ip)
+        state.pop("eid_handle", None)
+        await self._record_proof(enrolment_id, state, match)
+        return match.method
+
+    async def _match(
+        self, proof_id: str, lookups: tuple[tuple[str, bytes], ...], *, ip: str
+    ) -> IdentityMatch:
+        from healthid.enclave.api import IdentityNotConfirmed
+
+        candidates: dict[str, SealedPolicyholder] = {}
+        for kind, digest in lookups:
+            if kind == "kvnr":
+                found = await self._policyholders.find_by_kvnr_index(digest)
+                if found is not None:
+                    candidates[found.pseudonym] = found
+            else:
+                for item in await self._policyholders.find_by_lookup(kind, digest):
+                    candidates[item.pseudonym] = item
+        for pseudonym in candidates:
+            await self._check("proof_person", pseudonym, self._limits.failed_proofs_per_person)
+        try:
+            match = await self._enclave.match_identity(proof_id, list(candidates.values()))
+        except IdentityNotConfirmed:
+            await self._count("proof_ip", ip, self._limits.failed_proofs_per_ip)
+            for pseudonym in candidates:
+                await self._count("proof_person", pseudonym, self._limits.failed_proofs_per_person)
+            raise Forbidden(IDENTITY_NOT_CONFIRMED) from None
+        if match.new_lookup_indexes:
+            await self._policyholders.add_lookup_indexes(match.pseudonym, match.new_lookup_indexes)
+        return match
+
+    async def _record_proof(
+        self, enrolment_id: str, state: dict[str, Any], match: IdentityMatch
+    ) -> None:
+        state |= {"pseudonym": match.pseudonym, "method": match.method, "proofed_at": self._now()}
+        remaining = max(1, ENROLMENT_TTL - (self._now() - int(state["started"])))
+        await self._put(f"enrol:{enrolment_id}", state, remaining)
+
+    async def bind_device(
+        self,
+        enrolment_id: str,
+        *,
+        public_key: bytes,
+        attestation_format: str,
+        attestation: bytes,
+        replace_devices: bool = False,
+    ) -> BoundDevice:
+        """Bind the device key (attested over the enrolment challenge) to the proven person.
+
+        Consumes the enrolment: one device per proof. ``replace_devices`` is recovery after a
+        lost phone: every other device of the person is revoked in the same transaction.
+        """
+        raw = await self._store.consume(f"enrol:{enrolment_id}")
+        if raw is None:
+            raise NotFound("unknown or expired enrolment")
+        state = dict(json.loads(raw))
+        if "pseudonym" not in state:
+            raise Forbidden("prove your identity (eID or eGK) before binding a device")
+        try:
+            device_auth.load_device_key(public_key)
+        except device_auth.DeviceAuthError as exc:
+            raise WalletError(str(exc)) from None
+        attested = verify_device_attestation(
+            self._attestation,
+            fmt=attestation_format,
+            attestation=attestation,
+            public_key=public_key,
+            challenge=_unb64(state["challenge"]),
+        )
+        pseudonym = state["pseudonym"]
+        if not replace_devices and (
+            await self._devices.count_active(pseudonym) >= MAX_DEVICES_PER_PERSON
+        ):
+            raise Conflict(f"at most {MAX_DEVICES_PER_PERSON} devices; revoke one first or recover")
+        now = self._now()
+        before = {d.device_id for d in await self._devices.list_for(pseudonym) if d.active}
+        device = DeviceRecord(
+            device_id=secrets.token_hex(DEVICE_ID_BYTES),
+            pseudonym=pseudonym,
+            key_class=attested.key_class,
+            attestation_format=attestation_format,
+            public_key=public_key,
+            sign_count=attested.sign_count,
+            proofing_method=state["method"],
+            proofed_at=int(state["proofed_at"]),
+            created_at=now,
+        )
+        await self._devices.add(device, revoke_others_at=now if replace_devices else None)
+        revoked = len(before) if replace_devices else 0
+        kind = "recovered" if replace_devices else "enrolled"
+        await self._history(pseudonym, HistoryEvent(kind=kind, at=now, detail=state["method"]))
+        await self._history(
+            pseudonym, HistoryEvent(kind="device_bound", at=now, device_id=device.device_id)
+        )
+        for old in sorted(before) if replace_devices else []:
+            await self._history(
+                pseudonym, HistoryEvent(kind="device_revoked", at=now, device_id=old)
+            )
+        return BoundDevice(
+            device_id=device.device_id,
+            key_class=device.key_class,
+            assurance=self._assurance(device, now),
+            revoked_devices=revoked,
+        )
+
+    # -- login ----------------------------------------------------------------------------------
+    def _assurance(self, device: DeviceRecord, now: int) -> Assurance:
+        return derive_assurance(
+            method=ProofingMethod(device.proofing_method),
+            key_class=DeviceKeyClass(device.key_class),
+            proofed_at=device.proofed_at,
+            now=now,
+        )
+
+    async def login_challenge(
+        self, device_id: str, *, ip: str, context: str = ""
+    ) -> tuple[str, bytes]:
+        await self._check("chal_ip", ip, self._limits.challenges_per_ip)
+        await self._count("chal_ip", ip, self._limits.challenges_per_ip)
+        challenge_id = secrets.token_urlsafe(18)
+        challenge = secrets.token_bytes(device_auth.CHALLENGE_BYTES)
+        await self._put(
+            f"authchal:{challenge_id}",
+            {"device_id": device_id, "challenge": _b64(challenge), "context": context},
+            AUTH_CHALLENGE_TTL,
+        )
+        return challenge_id, challenge
+
+    async def login(
+        self, *, challenge_id: str, device_id: str, counter: int, signature: bytes, ip: str
+    ) -> LoginResult:
+        """Verify the device's signature over the challenge; single use, counter must rise."""
+        limits = self._limits
+        await self._check("auth_ip", ip, limits.failed_auth_per_ip)
+        await self._check("auth_dev_ip", f"{device_id}|{ip}", limits.failed_auth_per_device_ip)
+        await self._check("auth_dev", device_id, limits.failed_auth_per_device)
+        raw = await self._store.consume(f"authchal:{challenge_id}")  # single use, atomic
+        try:
+            return await self._login(raw, device_id=device_id, counter=counter, signature=signature)
+        except WalletError:
+            await self._count("auth_ip", ip, limits.failed_auth_per_ip)
+            await self._count("auth_dev_ip", f"{device_id}|{ip}", limits.failed_auth_per_device_ip)
+            await self._count("auth_dev", device_id, limits.failed_auth_per_device)
+            raise
+
+    async def _login(
+        self, raw: bytes | None, *, device_id: str, counter: int, signature: bytes
+    ) -> LoginResult:
+        failed = Unauthorized("device authentication failed")
+        if raw is None:
+            raise Unauthorized("unknown, expired or already used challenge")
+        state = dict(json.loads(raw))
+        if not secrets.compare_digest(state["device_id"], device_id):
+            raise failed
+        device = await self._devices.get(device_id)
+        if device is None or not device.active:
+            raise failed
+        try:
+            signed = device_auth.message(_unb64(state["challenge"]), device_id, counter)
+            if (
+                verify_login_assertion(
+                    self._attestation,
+                    fmt=device.attestation_format,
+                    public_key=device.public_key,
+                    signed=signed,
+                    signature=signature,
+                    counter=counter,
+                    stored_counter=device.sign_count,
+                )
+                is not None
+            ):
+                valid = True  # App Attest assertion: signature and counter verified
+            else:
+                valid = device_auth.verify(device.public_key, signed, signature)
+        except device_auth.DeviceAuthError:
+            raise failed from None
+        if not valid or not await self._devices.advance_counter(device_id, counter):
+            raise failed  # bad signature, or a counter that did not go up (replay / clone)
+        now = self._now()
+        session = secrets.token_urlsafe(32)
+        await self._put(
+            f"devsess:{session}",
+            {"pseudonym": device.pseudonym, "device_id": device_id, "auth_time": now},
+            DEVICE_SESSION_TTL,
+        )
+        await self._history(
+            device.pseudonym, HistoryEvent(kind="login", at=now, device_id=device_id)
+        )
+        return LoginResult(
+            session=session,
+            device_id=device_id,
+            auth_time=now,
+            assurance=self._assurance(device, now),
+            pseudonym=device.pseudonym,
+        )
+
+    # -- device management ------------------------------------------------------------------
+    async def _session(self, token: str) -> dict[str, Any]:
+        state = await self._get(f"devsess:{token}") if token else None
+        if state is None:
+            raise Unauthorized("missing, unknown or expired device session")
+        device = await self._devices.get(state["device_id"])
+        if device is None or not device.active:
+            raise Unauthorized("the device of this session was revoked")
+        return state
+
+    async def list_devices(self, session: str) -> list[dict[str, Any]]:
+        state = await self._session(session)
+        return [
+            {
+                "device_id": d.device_id,
+                "key_class": d.key_class,
+                "attestation_format": d.attestation_format,
+                "proofing_method": d.proofing_method,
+                "created_at": d.created_at,
+                "revoked_at": d.revoked_at,
+                "current": d.device_id == state["device_id"],
+            }
+            for d in await self._devices.list_for(state["pseudonym"])
+        ]
+
+    async def revoke_device(self, session: str, device_id: str) -> None:
+        state = await self._session(session)
+        now = self._now()
+        if not await self._devices.revoke(device_id, state["pseudonym"], now):
+            raise NotFound("no such active device")
+        await self._history(
+            state["pseudonym"], HistoryEvent(kind="device_revoked", at=now, device_id=device_id)
+        )
+
+    async def history_count(self, session: str) -> int:
+        """How many history events are stored (their content is sealed for the person)."""
+        state = await self._session(session)
+        return len(await self._devices.list_history(state["pseudonym"]))
+
+    async def _history(self, pseudonym: str, event: HistoryEvent) -> None:
+        sealed_person = await self._policyholders.get(pseudonym)
+        if sealed_person is None or sealed_person.wrapped_key is None:
+            return  # erased or shredded: nothing to record for them
+        sealed = await self._enclave.seal_history(sealed_person, event)
+        await self._devices.add_history(
+            pseudonym,
+            HistoryEntry(
+                event_id=sealed.event_id, created_at=sealed.created_at, ciphertext=sealed.ciphertext
+            ),
+        )

@@ -1,0 +1,1 @@
+"""OpenID Connect as profiled by gematik for the sectoral IdP (claims, acr/amr)."""

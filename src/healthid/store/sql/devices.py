@@ -1,0 +1,145 @@
+"""Bound devices and the sealed history (host side: public keys, pseudonyms, ciphertext)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from healthid.store.sql.schema import devices, history
+
+MAX_HISTORY_EVENTS = 1000  # events returned per listing, newest first
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceRecord:
+    device_id: str
+    pseudonym: str
+    key_class: str
+    attestation_format: str
+    public_key: bytes
+    sign_count: int
+    proofing_method: str
+    proofed_at: int
+    created_at: int
+    revoked_at: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+def _record(row: RowMapping) -> DeviceRecord:
+    values = dict(row)
+    values["public_key"] = bytes(values["public_key"])
+    return DeviceRecord(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryEntry:
+    event_id: str
+    created_at: int
+    ciphertext: bytes
+
+
+class DeviceRepository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def add(self, device: DeviceRecord, *, revoke_others_at: int | None = None) -> None:
+        """Store a new device; with ``revoke_others_at`` revoke the owner's other devices in
+        the same transaction (recovery after a lost phone)."""
+        async with self._engine.begin() as conn:
+            if revoke_others_at is not None:
+                await conn.execute(
+                    update(devices)
+                    .where(devices.c.pseudonym == device.pseudonym, devices.c.revoked_at.is_(None))
+                    .values(revoked_at=revoke_others_at)
+                )
+            await conn.execute(insert(devices).values(**device.__dict__))
+
+    async def get(self, device_id: str) -> DeviceRecord | None:
+        async with self._engine.connect() as conn:
+            row = (
+                (await conn.execute(select(devices).where(devices.c.device_id == device_id)))
+                .mappings()
+                .first()
+            )
+        return _record(row) if row else None
+
+    async def list_for(self, pseudonym: str) -> list[DeviceRecord]:
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(devices)
+                    .where(devices.c.pseudonym == pseudonym)
+                    .order_by(devices.c.created_at, devices.c.device_id)
+                )
+            ).mappings()
+            return [_record(r) for r in rows]
+
+    async def count_active(self, pseudonym: str) -> int:
+        async with self._engine.connect() as conn:
+            result = await conn.execute(
+                select(func.count())
+                .select_from(devices)
+                .where(devices.c.pseudonym == pseudonym, devices.c.revoked_at.is_(None))
+            )
+            return int(result.scalar_one())
+
+    async def revoke(self, device_id: str, pseudonym: str, now: int) -> bool:
+        """Revoke one of ``pseudonym``'s devices; False if it is not theirs or already revoked."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(devices)
+                .where(
+                    devices.c.device_id == device_id,
+                    devices.c.pseudonym == pseudonym,
+                    devices.c.revoked_at.is_(None),
+                )
+                .values(revoked_at=now)
+            )
+        return bool(result.rowcount)
+
+    async def advance_counter(self, device_id: str, new_count: int) -> bool:
+        """Store a higher signature counter, atomically; False if it does not go up (replay)
+        or the device is revoked."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(devices)
+                .where(
+                    devices.c.device_id == device_id,
+                    devices.c.sign_count < new_count,
+                    devices.c.revoked_at.is_(None),
+                )
+                .values(sign_count=new_count)
+            )
+        return bool(result.rowcount)
+
+    async def add_history(self, pseudonym: str, entry: HistoryEntry) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                insert(history).values(
+                    pseudonym=pseudonym,
+                    event_id=entry.event_id,
+                    created_at=entry.created_at,
+                    ciphertext=entry.ciphertext,
+                )
+            )
+
+    async def list_history(self, pseudonym: str) -> list[HistoryEntry]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(history.c.event_id, history.c.created_at, history.c.ciphertext)
+                .where(history.c.pseudonym == pseudonym)
+                .order_by(history.c.created_at.desc(), history.c.event_id)
+                .limit(MAX_HISTORY_EVENTS)
+            )
+            return [
+                HistoryEntry(
+                    event_id=r.event_id, created_at=r.created_at, ciphertext=bytes(r.ciphertext)
+                )
+                for r in rows
+            ]

@@ -1,0 +1,177 @@
+"""``healthid wallet``: the reference wallet on the command line (it plays the insurer app)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from healthid.wallet.client import WalletClient, WalletClientError
+
+DEFAULT_WALLET_DIR = Path(".healthid-wallet")
+DEFAULT_IDP = "http://127.0.0.1:8080"
+DEFAULT_STANDIN = "http://127.0.0.1:8090"
+HTTP_TIMEOUT = 30.0
+
+
+class FileCard:
+    """A development eGK from a card file written by ``healthid egk-test-ca issue``."""
+
+    def __init__(self, path: Path) -> None:
+        doc = json.loads(path.read_text())
+        self.certificate_der = base64.b64decode(doc["certificate"])
+        key = serialization.load_pem_private_key(doc["private_key"].encode(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise click.BadParameter(f"{path} holds no EC card key")
+        self._key = key
+
+    def sign(self, challenge: bytes) -> bytes:
+        from healthid.demo.egk_test_ca import TestCard
+
+        return TestCard(certificate_der=self.certificate_der, private_key=self._key).sign(challenge)
+
+
+def _client(ctx: click.Context) -> WalletClient:
+    import httpx
+
+    obj: dict[str, Any] = ctx.obj
+    http = httpx.Client(timeout=HTTP_TIMEOUT, follow_redirects=False)
+    ctx.call_on_close(http.close)
+    return WalletClient(obj["idp"], obj["dir"], http=http)
+
+
+def _standin_completer(standin: str, identity: str) -> Callable[[str], None]:
+    """Play the AusweisApp against the stand-in: complete the session with ``identity``."""
+    import httpx
+
+    def complete(psk_id: str) -> None:
+        url = f"{standin.rstrip('/')}/standin/sessions/{psk_id}/complete"
+        response = httpx.post(url, json={"identity": identity}, timeout=HTTP_TIMEOUT)
+        if response.status_code != 200:
+            raise WalletClientError(
+                response.status_code,
+                {"error": "eid_standin", "error_description": response.text[:200]},
+            )
+
+    return complete
+
+
+def _fail(exc: WalletClientError) -> None:
+    click.echo(f"healthid wallet: refused: {exc}", err=True)
+    sys.exit(1)
+
+
+@click.group()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_WALLET_DIR,
+    show_default=True,
+    help="Where the device key lives.",
+)
+@click.option("--idp", default=DEFAULT_IDP, show_default=True, help="The IdP's base URL.")
+@click.pass_context
+def wallet(ctx: click.Context, directory: Path, idp: str) -> None:
+    """The reference wallet: enrol this "phone", log in with its device key, manage devices."""
+    ctx.obj = {"dir": directory, "idp": idp}
+
+
+@wallet.command("enroll")
+@click.option(
+    "--egk",
+    "card",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A test eGK card file (healthid egk-test-ca issue).",
+)
+@click.option(
+    "--eid-test-identity",
+    "eid_identity",
+    help="Prove identity with the eID stand-in's test identity (its KVNR).",
+)
+@click.option(
+    "--eid-standin",
+    "standin",
+    default=DEFAULT_STANDIN,
+    show_default=True,
+    help="The eID stand-in's base URL (it plays the ID card and the AusweisApp).",
+)
+@click.option(
+    "--replace-devices",
+    is_flag=True,
+    help="Recovery after a lost phone: revoke every other device of this person.",
+)
+@click.pass_context
+def enroll(
+    ctx: click.Context,
+    card: Path | None,
+    eid_identity: str | None,
+    standin: str,
+    replace_devices: bool,
+) -> None:
+    """Prove who you are (eID or eGK + PIN) and bind this wallet's device key."""
+    if (card is None) == (eid_identity is None):
+        raise click.UsageError(
+            "choose one way to prove your identity: --egk or --eid-test-identity"
+        )
+    client = _client(ctx)
+    try:
+        if card is not None:
+            bound = client.enroll_with_egk(FileCard(card), replace_devices=replace_devices)
+        else:
+            bound = client.enroll_with_eid(
+                _standin_completer(standin, str(eid_identity)), replace_devices=replace_devices
+            )
+    except WalletClientError as exc:
+        _fail(exc)
+        return
+    click.echo(f"enrolled: device {bound['device_id']} ({bound['key_class']} key, {bound['acr']})")
+    if bound["revoked_devices"]:
+        click.echo(f"revoked {bound['revoked_devices']} earlier device(s)")
+
+
+@wallet.command("login")
+@click.pass_context
+def login(ctx: click.Context) -> None:
+    """Authenticate with the device key and print the level of assurance."""
+    try:
+        result = _client(ctx).login()
+    except WalletClientError as exc:
+        _fail(exc)
+        return
+    click.echo(f"logged in: acr {result.acr}, amr {' '.join(result.amr)}")
+
+
+@wallet.command("devices")
+@click.pass_context
+def devices(ctx: click.Context) -> None:
+    """List the devices bound to your identity."""
+    try:
+        listed = _client(ctx).devices()
+    except WalletClientError as exc:
+        _fail(exc)
+        return
+    for d in listed:
+        state = "revoked" if d["revoked_at"] else "active"
+        mark = " (this wallet)" if d["current"] else ""
+        click.echo(f"{d['device_id']}  {d['key_class']:<14} {state}{mark}")
+
+
+@wallet.command("revoke")
+@click.argument("device_id")
+@click.pass_context
+def revoke(ctx: click.Context, device_id: str) -> None:
+    """Revoke one of your devices: it can never log in again."""
+    try:
+        _client(ctx).revoke(device_id)
+    except WalletClientError as exc:
+        _fail(exc)
+        return
+    click.echo(f"revoked {device_id}")

@@ -1,0 +1,115 @@
+"""`healthid wallet` against a real server on a loopback port (httpx, uvicorn)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from click.testing import CliRunner
+
+from healthid.cli import main
+from healthid.demo.synthetic import synthetic_rows, write_registry
+from healthid.runtime import build_app
+from healthid.settings import load_settings
+
+STARTUP_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    for name in list(os.environ):
+        if name.startswith("HEALTHID_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HEALTHID_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("HEALTHID_ENCLAVE_WORKERS", "1")
+    reg = tmp_path / "reg.csv"
+    with reg.open("w") as fh:
+        write_registry(fh, 5, seed=21)
+    assert CliRunner().invoke(main, ["registry", "import", str(reg)]).exit_code == 0
+    port = free_port()
+    config = uvicorn.Config(
+        build_app(load_settings()), host="127.0.0.1", port=port, log_level="warning"
+    )
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "server did not start"
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_wallet_cli_enrols_with_a_test_egk_logs_in_and_lists_devices(
+    server: str, tmp_path: Path
+) -> None:
+    person = next(iter(synthetic_rows(5, seed=21)))
+    card = tmp_path / "card.json"
+    code, _, err = run(
+        "egk-test-ca",
+        "issue",
+        "--kvnr",
+        person["kvnr"],
+        "--ik",
+        person["ik"],
+        "--given-name",
+        person["given_name"],
+        "--family-name",
+        person["family_name"],
+        "-o",
+        str(card),
+    )
+    assert code == 0, err
+    wallet = ["wallet", "--dir", str(tmp_path / "wallet"), "--idp", server]
+    code, out, err = run(*wallet, "enroll", "--egk", str(card))
+    assert code == 0, err
+    assert "enrolled: device" in out and "software key" in out
+    code, out, _ = run(*wallet, "login")
+    assert code == 0 and "acr gematik-ehealth-loa-substantial" in out
+    code, out, _ = run(*wallet, "devices")
+    assert code == 0 and "(this wallet)" in out
+    device_id = out.split()[0]
+    assert run(*wallet, "revoke", device_id)[0] == 0
+    code, _, err = run(*wallet, "login")
+    assert code == 1 and "401" in err
+
+
+def test_wallet_cli_refuses_a_card_of_someone_not_insured(server: str, tmp_path: Path) -> None:
+    card = tmp_path / "card.json"
+    run(
+        "egk-test-ca",
+        "issue",
+        "--kvnr",
+        "A123456780",
+        "--ik",
+        "109500969",
+        "--given-name",
+        "Nie",
+        "--family-name",
+        "Versichert",
+        "-o",
+        str(card),
+    )
+    code, _, err = run(
+        "wallet", "--dir", str(tmp_path / "w"), "--idp", server, "enroll", "--egk", str(card)
+    )
+    assert code == 1 and "the identity could not be confirmed" in err

@@ -1,0 +1,162 @@
+"""End to end (issue #3): enrol with the eGK, log in with the device key, manage devices,
+recover after a lost phone — through the real app on SQLite and on PostgreSQL + Redis."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from healthid.demo.egk_test_ca import TestEgkCa
+from healthid.demo.synthetic import synthetic_rows, write_registry
+from healthid.runtime import EGK_TEST_CA_DIR, build_app
+from healthid.settings import Settings, load_settings
+from healthid.wallet.client import WalletClient, WalletClientError
+
+IDP = "http://testserver"
+
+
+@pytest.fixture(params=["embedded", "postgres+redis"])
+def settings(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    for name in list(os.environ):
+        if name.startswith("HEALTHID_"):
+            monkeypatch.delenv(name)
+    overrides: dict[str, object] = {"data_dir": tmp_path / "data", "enclave_workers": 1}
+    if request.param == "postgres+redis":
+        overrides["database_url"] = request.getfixturevalue("pg_url")
+        overrides["redis_url"] = request.getfixturevalue("redis_url")
+        overrides["redis_prefix"] = request.getfixturevalue("redis_prefix")
+    return load_settings(**overrides)
+
+
+@pytest.fixture
+def registry(settings: Settings) -> list[dict[str, str]]:
+    """Import a synthetic registry through the CLI path (enclave + SQL)."""
+    import asyncio
+
+    from healthid.host.registry_import import import_registry
+    from healthid.runtime import open_runtime
+
+    buf = io.StringIO()
+    write_registry(buf, 30, seed=3)
+
+    async def go() -> None:
+        rt = await open_runtime(settings)
+        try:
+            result = await import_registry(
+                rt.enclave, rt.policyholders, buf.getvalue().encode(), filename="r.csv"
+            )
+            assert result.ok
+        finally:
+            await rt.aclose()
+
+    asyncio.run(go())
+    return list(synthetic_rows(30, seed=3))
+
+
+@pytest.fixture
+def client(settings: Settings, registry: list[dict[str, str]]) -> Iterator[TestClient]:
+    with TestClient(build_app(settings), base_url=IDP) as c:
+        yield c
+
+
+def card_for(settings: Settings, row: dict[str, str]):
+    ca = TestEgkCa.create(settings.data_dir / EGK_TEST_CA_DIR)
+    return ca.issue_card(row["kvnr"], row["ik"], row["given_name"], row["family_name"])
+
+
+def test_enrol_login_revoke_and_recover(
+    client: TestClient, settings: Settings, registry: list[dict[str, str]], tmp_path: Path
+) -> None:
+    person = registry[4]
+    card = card_for(settings, person)
+    phone = WalletClient(IDP, tmp_path / "phone", http=client)
+    bound = phone.enroll_with_egk(card)
+    assert bound["key_class"] == "software"
+    login = phone.login()
+    assert login.acr == "gematik-ehealth-loa-substantial"  # software keys cap the LoA
+    assert login.amr == ["urn:telematik:auth:other"]
+
+    tablet = WalletClient(IDP, tmp_path / "tablet", http=client)
+    tablet.enroll_with_egk(card)
+    devices = phone.devices()
+    assert len(devices) == 2 and sum(d["current"] for d in devices) == 1
+
+    # revoke the tablet from the phone: its next login fails
+    phone.revoke(tablet.state()["device_id"])
+    with pytest.raises(WalletClientError) as info:
+        tablet.login()
+    assert info.value.status == 401
+
+    # the phone is lost: re-proof with the eGK on a new phone, every old device is revoked
+    new_phone = WalletClient(IDP, tmp_path / "new-phone", http=client)
+    recovered = new_phone.enroll_with_egk(card, replace_devices=True)
+    assert recovered["revoked_devices"] == 1
+    with pytest.raises(WalletClientError):
+        phone.login()
+    assert new_phone.login().acr == "gematik-ehealth-loa-substantial"
+    kinds = [d["revoked_at"] is None for d in new_phone.devices()]
+    assert kinds.count(True) == 1
+
+
+def test_two_people_enrol_and_authenticate_independently(
+    client: TestClient, settings: Settings, registry: list[dict[str, str]], tmp_path: Path
+) -> None:
+    wallets = []
+    for i, person in enumerate(registry[:2]):
+        w = WalletClient(IDP, tmp_path / f"w{i}", http=client)
+        w.enroll_with_egk(card_for(settings, person))
+        wallets.append(w)
+    ids = [{d["device_id"] for d in w.devices()} for w in wallets]
+    assert ids[0].isdisjoint(ids[1])  # nobody sees another person's devices
+
+
+def test_unknown_kvnr_and_uninsured_look_the_same(
+    client: TestClient, settings: Settings, registry: list[dict[str, str]], tmp_path: Path
+) -> None:
+    stranger = {**registry[0], "kvnr": "A123456780"}  # valid card, not in the registry
+    w = WalletClient(IDP, tmp_path / "w", http=client)
+    with pytest.raises(WalletClientError) as info:
+        w.enroll_with_egk(card_for(settings, stranger))
+    assert info.value.status == 403
+    assert info.value.description == "the identity could not be confirmed"
+
+
+def test_replayed_login_signature_is_refused(
+    client: TestClient, settings: Settings, registry: list[dict[str, str]], tmp_path: Path
+) -> None:
+    w = WalletClient(IDP, tmp_path / "w", http=client)
+    w.enroll_with_egk(card_for(settings, registry[7]))
+    state = w.state()
+    device_id = state["device_id"]
+    issued = client.post(f"{IDP}/wallet/v1/auth/challenges", json={"device_id": device_id}).json()
+    from healthid.protocol import device_auth
+    from healthid.wallet.client import b64d, b64e
+
+    signed = device_auth.message(b64d(issued["challenge"]), device_id, 5)
+    body = {
+        "challenge_id": issued["challenge_id"],
+        "device_id": device_id,
+        "counter": 5,
+        "signature": b64e(w._sign(signed)),
+    }
+    assert client.post(f"{IDP}/wallet/v1/auth/assertions", json=body).status_code == 200
+    # the same request again: the challenge is spent
+    again = client.post(f"{IDP}/wallet/v1/auth/assertions", json=body)
+    assert again.status_code == 401
+    # a fresh challenge but the counter does not go up: refused
+    issued = client.post(f"{IDP}/wallet/v1/auth/challenges", json={"device_id": device_id}).json()
+    signed = device_auth.message(b64d(issued["challenge"]), device_id, 5)
+    body = {
+        "challenge_id": issued["challenge_id"],
+        "device_id": device_id,
+        "counter": 5,
+        "signature": b64e(w._sign(signed)),
+    }
+    assert client.post(f"{IDP}/wallet/v1/auth/assertions", json=body).status_code == 401
