@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/healthid serve
+	$(BIN)/healthid serve --demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

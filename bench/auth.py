@@ -123,7 +123,8 @@ def _worker(
             nonlocal done
             key, device_id = keys[slot % len(keys)]
             while time.perf_counter() < deadline:
-                cid, challenge = await svc.login_challenge(device_id, ip="127.0.0.1")
+                ip = f"10.9.{slot}.{done % 250}"  # phones come from many addresses
+                cid, challenge = await svc.login_challenge(device_id, ip=ip)
                 counters[device_id] += 1
                 msg = device_auth.message(challenge, device_id, counters[device_id])
                 assert isinstance(key, ec.EllipticCurvePrivateKey)
@@ -134,7 +135,7 @@ def _worker(
                     device_id=device_id,
                     counter=counters[device_id],
                     signature=sig,
-                    ip=f"127.0.0.{slot}",
+                    ip=ip,
                 )
                 done += 1
 
@@ -142,7 +143,12 @@ def _worker(
         await rt.aclose()
         return done
 
-    q.put(asyncio.run(run()))
+    try:
+        import uvloop  # the production server (uvicorn) uses it when installed
+
+        q.put(uvloop.run(run()))
+    except ImportError:
+        q.put(asyncio.run(run()))
 
 
 async def _db() -> tuple[str, str]:

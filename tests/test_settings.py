@@ -111,9 +111,16 @@ def test_production_accepts_a_complete_secure_configuration(
         "HEALTHID_DATABASE_URL": "postgresql://idp@db/healthid",
         "HEALTHID_REDIS_URL": "redis://cache:6379/0",
         "HEALTHID_PUBLIC_URL": "https://idp.example",
+        "HEALTHID_EID_SERVER_URL": "https://eid.example/eID",
+        "HEALTHID_ANDROID_PACKAGE_NAMES": '["de.kasse.app"]',
+        "HEALTHID_ANDROID_SIGNING_CERT_DIGESTS": '["' + "ab" * 32 + '"]',
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     s = load_settings()
     assert s.mode is Mode.PRODUCTION
     assert "1234" not in repr(s)
+    from healthid.runtime import attestation_policy
+
+    policy = attestation_policy(s)
+    assert policy.android is not None and policy.apple is None and not policy.allow_software

@@ -51,7 +51,13 @@ def main() -> None:
 @main.command()
 @click.option("--host", help="Address to listen on (default: HEALTHID_LISTEN_HOST).")
 @click.option("--port", type=int, help="Port (default: HEALTHID_LISTEN_PORT).")
-def serve(host: str | None, port: int | None) -> None:
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Development: import a demo registry of made-up people and mount the eID-Server "
+    "stand-in beside the IdP (what `make run` does).",
+)
+def serve(host: str | None, port: int | None, demo: bool) -> None:
     """Run the host (IdP, wallet API) with the configured stores and enclave."""
     import uvicorn
 
@@ -60,6 +66,17 @@ def serve(host: str | None, port: int | None) -> None:
     settings = _settings()
     host = host or settings.listen_host
     port = port or settings.listen_port
+    settings = settings.model_copy(update={"listen_host": host, "listen_port": port})
+    extra: list[Any] = []
+    if demo:
+        if not settings.development:
+            click.echo("healthid: --demo is for development mode only", err=True)
+            sys.exit(2)
+        from healthid.demo.stack import standin_mount, with_local_standin
+
+        settings = with_local_standin(settings)
+        _seed_demo(settings)
+        extra.append(standin_mount(settings))
     click.echo(
         f"healthid {__version__} ({settings.mode.value} mode, tee: {settings.tee.value}) "
         f"listening on http://{host}:{port}/  — status: http://{host}:{port}/status"
@@ -70,7 +87,49 @@ def serve(host: str | None, port: int | None) -> None:
         f"database: {_redact_url(settings.sql_url)}; ephemeral store: "
         f"{'redis' if settings.redis_url else 'in-memory'}; keys: {settings.key_backend.value}"
     )
-    uvicorn.run(build_app(settings), host=host, port=port, log_level="info", server_header=False)
+    if demo:
+        _print_demo_hints(host, port)
+    uvicorn.run(
+        build_app(settings, extra_routes=extra),
+        host=host,
+        port=port,
+        log_level="info",
+        server_header=False,
+    )
+
+
+def _seed_demo(settings: Settings) -> None:
+    """Import the demo registry once (the database holds it encrypted, like any registry)."""
+    from healthid.demo.stack import demo_registry
+    from healthid.host.registry_import import import_registry
+    from healthid.runtime import open_runtime
+
+    async def go() -> None:
+        rt = await open_runtime(settings)
+        try:
+            if await rt.policyholders.count() == 0:
+                path = demo_registry(settings)
+                result = await import_registry(
+                    rt.enclave, rt.policyholders, path.read_bytes(), filename=path.name
+                )
+                click.echo(f"demo registry: imported {result.imported} made-up policyholders")
+        finally:
+            await rt.aclose()
+
+    _run(go())
+
+
+def _print_demo_hints(host: str, port: int) -> None:
+    from healthid.demo.stack import STANDIN_MOUNT, demo_people
+
+    base = f"http://{host}:{port}"
+    click.echo("\nTry the reference wallet (in another terminal):")
+    for person in demo_people(2):
+        click.echo(
+            f"  .venv/bin/healthid wallet --idp {base} --dir /tmp/wallet-{person['kvnr']} "
+            f"enroll --eid-test-identity {person['kvnr']} --eid-standin {base}{STANDIN_MOUNT}"
+        )
+    click.echo("  .venv/bin/healthid wallet --idp ... --dir ... login | devices | revoke DEVICE\n")
 
 
 def _redact_url(url: str) -> str:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
+from starlette.routing import BaseRoute
 
 from healthid.eid.client import EidClient, EidClientConfig
 from healthid.eid.transport import TransportConfig
@@ -86,6 +87,44 @@ def build_enclave(settings: Settings) -> Enclave:
     )
 
 
+def attestation_policy(settings: Settings) -> AttestationPolicy:
+    """Which device attestations the wallet API accepts, from the settings."""
+    from healthid.protocol.attestation import (
+        AndroidConfig,
+        AppleConfig,
+        apple_app_attestation_roots,
+        google_hardware_attestation_roots,
+    )
+
+    apple = android = None
+    try:
+        if settings.apple_team_id and settings.apple_bundle_id:
+            apple = AppleConfig(
+                team_id=settings.apple_team_id,
+                bundle_id=settings.apple_bundle_id,
+                roots=tuple(apple_app_attestation_roots()),
+                production=not settings.apple_development_environment,
+            )
+        if settings.android_package_names and settings.android_signing_cert_digests:
+            android = AndroidConfig(
+                roots=tuple(google_hardware_attestation_roots()),
+                package_names=frozenset(settings.android_package_names),
+                signing_cert_digests=frozenset(
+                    bytes.fromhex(d) for d in settings.android_signing_cert_digests
+                ),
+                require_strongbox=settings.android_require_strongbox,
+                min_os_patch_level=settings.android_min_patch_level,
+            )
+    except ValueError as exc:
+        raise StartupError(f"device attestation settings: {exc}") from exc
+    return AttestationPolicy(
+        app_id=settings.wallet_app_id,
+        allow_software=settings.development,
+        apple=apple,
+        android=android,
+    )
+
+
 def eid_client_factory(settings: Settings) -> Callable[[], EidClient] | None:
     """How the enclave reaches the eID-Server (None: eID proofing is not configured)."""
     if settings.eid_server_url is None:
@@ -137,9 +176,7 @@ class Runtime:
             policyholders=self.policyholders,
             devices=self.devices,
             ephemeral=self.ephemeral,
-            attestation=AttestationPolicy(
-                app_id=self.settings.wallet_app_id, allow_software=self.settings.development
-            ),
+            attestation=attestation_policy(self.settings),
         )
 
     def key_ring(self, purpose: str) -> KeyRing:
@@ -183,7 +220,7 @@ async def open_runtime(settings: Settings, *, migrate: bool | None = None) -> Ru
     )
 
 
-def build_app(settings: Settings) -> Starlette:
+def build_app(settings: Settings, *, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
     """The host ASGI app for ``healthid serve``; stores open in the app's lifespan."""
     holder: list[Runtime] = []
 
@@ -205,4 +242,4 @@ def build_app(settings: Settings) -> Starlette:
         while holder:
             await holder.pop().aclose()
 
-    return create_app(deps, close)
+    return create_app(deps, close, extra_routes=extra_routes)

@@ -99,6 +99,17 @@ class Settings(BaseSettings):
     egk_ca_files: list[Path] = Field(default_factory=list)
     # App identity named in the reference client's software attestation (development only).
     wallet_app_id: str = "de.healthid.wallet.dev"
+    # Device attestation of the insurer's app (production needs at least one platform).
+    # Apple App Attest: Team ID + bundle id; roots: Apple's published App Attestation root.
+    apple_team_id: str | None = None
+    apple_bundle_id: str | None = None
+    apple_development_environment: bool = False  # aaguid "appattestdevelop" (TestFlight/dev)
+    # Android Key Attestation: package names and SHA-256 digests (hex) of the signing
+    # certificates; roots: Google's published hardware attestation roots.
+    android_package_names: list[str] = Field(default_factory=list)
+    android_signing_cert_digests: list[str] = Field(default_factory=list)
+    android_require_strongbox: bool = False
+    android_min_patch_level: int | None = Field(default=None, ge=200001, le=299912)
     # The eID-Server (BSI TR-03130 eID-Interface); development default: `healthid eid-standin`.
     eid_server_url: str | None = None
     public_url: str = "http://127.0.0.1:8080"
@@ -185,6 +196,16 @@ class Settings(BaseSettings):
                 "HEALTHID_REDIS_URL is missing: the in-memory ephemeral store is not shared "
                 "between workers and loses one-time artefacts on restart"
             )
+        if not (self.apple_team_id and self.apple_bundle_id) and not (
+            self.android_package_names and self.android_signing_cert_digests
+        ):
+            problems.append(
+                "no device attestation configured: set HEALTHID_APPLE_TEAM_ID and "
+                "_APPLE_BUNDLE_ID and/or HEALTHID_ANDROID_PACKAGE_NAMES and "
+                "_ANDROID_SIGNING_CERT_DIGESTS (software keys are for development only)"
+            )
+        if self.eid_server_url is None:
+            problems.append("HEALTHID_EID_SERVER_URL is missing: no identity proofing with the eID")
         if self.allow_invalid_test_kvnr:
             problems.append("HEALTHID_ALLOW_INVALID_TEST_KVNR is for test registries only")
         if not self.public_url.startswith("https://"):

@@ -113,3 +113,57 @@ def test_wallet_cli_refuses_a_card_of_someone_not_insured(server: str, tmp_path:
         "wallet", "--dir", str(tmp_path / "w"), "--idp", server, "enroll", "--egk", str(card)
     )
     assert code == 1 and "the identity could not be confirmed" in err
+
+
+@pytest.fixture
+def demo_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """What `make run` starts: the demo registry and the eID stand-in beside the IdP."""
+    from healthid.cli import _seed_demo
+    from healthid.demo.stack import standin_mount, with_local_standin
+
+    for name in list(os.environ):
+        if name.startswith("HEALTHID_"):
+            monkeypatch.delenv(name)
+    port = free_port()
+    settings = with_local_standin(
+        load_settings(data_dir=tmp_path / "data", enclave_workers=1, listen_port=port)
+    )
+    _seed_demo(settings)
+    app = build_app(settings, extra_routes=[standin_mount(settings)])
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "server did not start"
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_make_run_stack_enrols_with_the_eid_stand_in(demo_server: str, tmp_path: Path) -> None:
+    from healthid.demo.stack import STANDIN_MOUNT, demo_people
+
+    kvnr = demo_people(1)[0]["kvnr"]
+    wallet = ["wallet", "--dir", str(tmp_path / "w"), "--idp", demo_server]
+    code, out, err = run(
+        *wallet, "enroll", "--eid-test-identity", kvnr, "--eid-standin", demo_server + STANDIN_MOUNT
+    )
+    assert code == 0, err
+    assert "enrolled: device" in out
+    code, out, _ = run(*wallet, "login")
+    assert code == 0 and "logged in" in out
+    code, _, err = run(
+        "wallet",
+        "--dir",
+        str(tmp_path / "x"),
+        "--idp",
+        demo_server,
+        "enroll",
+        "--eid-test-identity",
+        "nobody",
+        "--eid-standin",
+        demo_server + STANDIN_MOUNT,
+    )
+    assert code == 1

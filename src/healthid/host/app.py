@@ -8,7 +8,7 @@ endpoints of later issues mount here.
 from __future__ import annotations
 
 import html
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from healthid import __version__
 from healthid.enclave.api import EnclaveClient
@@ -50,6 +50,8 @@ def _json(body: object, status: int = 200) -> JSONResponse:
 def create_app(
     deps_factory: Callable[[], Awaitable[HostDeps]],
     on_close: Callable[[], Awaitable[None]] | None = None,
+    *,
+    extra_routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """Build the app; ``deps_factory`` opens the stores and the enclave at start-up."""
     state: dict[str, HostDeps] = {}
@@ -128,6 +130,7 @@ version {html.escape(__version__)}, {html.escape(deps.mode)} mode.</p>{banner}
             Route("/readyz", readyz),
             Route("/status", status),
             *wallet_routes(lambda: state["deps"].wallet),
+            *extra_routes,
         ],
         lifespan=lifespan,
     )

@@ -181,6 +181,25 @@ class WalletService:
     async def _count(self, name: str, subject: str, rule: RateLimit) -> None:
         await self._store.incr(f"rl:{name}:{subject}", rule.window)
 
+    async def _check_all(self, checks: list[tuple[str, str, RateLimit]]) -> None:
+        """:meth:`_check` for several limits in one round trip."""
+        keys = [f"rl:{name}:{subject}" for name, subject, _ in checks]
+        for key, raw, (_, _, rule) in zip(
+            keys, await self._store.get_many(keys), checks, strict=True
+        ):
+            if raw is not None and int(raw) >= rule.limit:
+                ttl = await self._store.ttl(key)
+                raise TooManyRequests(
+                    "too many attempts; try again later", int(ttl or rule.window) + 1
+                )
+
+    async def _take(self, name: str, subject: str, rule: RateLimit) -> None:
+        """Count this attempt and refuse it when it is over the limit (one round trip)."""
+        key = f"rl:{name}:{subject}"
+        if await self._store.incr(key, rule.window) > rule.limit:
+            ttl = await self._store.ttl(key)
+            raise TooManyRequests("too many requests; try again later", int(ttl or rule.window) + 1)
+
     # -- state helpers ------------------------------------------------------------------------
     async def _put(self, key: str, value: dict[str, Any], ttl: int) -> None:
         await self._store.put(key, json.dumps(value).encode(), ttl)
@@ -388,8 +407,7 @@ class WalletService:
     async def login_challenge(
         self, device_id: str, *, ip: str, context: str = ""
     ) -> tuple[str, bytes]:
-        await self._check("chal_ip", ip, self._limits.challenges_per_ip)
-        await self._count("chal_ip", ip, self._limits.challenges_per_ip)
+        await self._take("chal_ip", ip, self._limits.challenges_per_ip)
         challenge_id = secrets.token_urlsafe(18)
         challenge = secrets.token_bytes(device_auth.CHALLENGE_BYTES)
         await self._put(
@@ -404,9 +422,13 @@ class WalletService:
     ) -> LoginResult:
         """Verify the device's signature over the challenge; single use, counter must rise."""
         limits = self._limits
-        await self._check("auth_ip", ip, limits.failed_auth_per_ip)
-        await self._check("auth_dev_ip", f"{device_id}|{ip}", limits.failed_auth_per_device_ip)
-        await self._check("auth_dev", device_id, limits.failed_auth_per_device)
+        await self._check_all(
+            [
+                ("auth_ip", ip, limits.failed_auth_per_ip),
+                ("auth_dev_ip", f"{device_id}|{ip}", limits.failed_auth_per_device_ip),
+                ("auth_dev", device_id, limits.failed_auth_per_device),
+            ]
+        )
         raw = await self._store.consume(f"authchal:{challenge_id}")  # single use, atomic
         try:
             return await self._login(raw, device_id=device_id, counter=counter, signature=signature)
@@ -425,9 +447,10 @@ class WalletService:
         state = dict(json.loads(raw))
         if not secrets.compare_digest(state["device_id"], device_id):
             raise failed
-        device = await self._devices.get(device_id)
-        if device is None or not device.active:
+        found = await self._devices.get_with_key(device_id)
+        if found is None or not found[0].active:
             raise failed
+        device, root_key_id, wrapped_key = found
         try:
             signed = device_auth.message(_unb64(state["challenge"]), device_id, counter)
             if (
@@ -447,8 +470,26 @@ class WalletService:
                 valid = device_auth.verify(device.public_key, signed, signature)
         except device_auth.DeviceAuthError:
             raise failed from None
-        if not valid or not await self._devices.advance_counter(device_id, counter):
-            raise failed  # bad signature, or a counter that did not go up (replay / clone)
+        if not valid:
+            raise failed
+        entry = None
+        if wrapped_key is not None:
+            owner = SealedPolicyholder(
+                pseudonym=device.pseudonym,
+                kvnr_index=b"",
+                root_key_id=root_key_id or "",
+                wrapped_key=wrapped_key,
+                records=(),
+            )
+            event = HistoryEvent(kind="login", at=self._now(), device_id=device_id)
+            sealed = await self._enclave.seal_history(owner, event)
+            entry = HistoryEntry(
+                event_id=sealed.event_id, created_at=sealed.created_at, ciphertext=sealed.ciphertext
+            )
+        if not await self._devices.advance_counter_and_log(
+            device_id, counter, device.pseudonym, entry
+        ):
+            raise failed  # a counter that did not go up (replay / clone), or just revoked
         now = self._now()
         session = secrets.token_urlsafe(32)
         await self._put(

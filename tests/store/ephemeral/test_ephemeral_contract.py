@@ -193,6 +193,25 @@ async def test_get_of_missing_key_returns_none(harness: Harness) -> None:
     assert await harness.store.get("missing") is None
 
 
+async def test_get_many_returns_values_in_order_with_none_for_missing(harness: Harness) -> None:
+    await harness.store.put("many:a", b"1", 60)
+    await harness.store.put("many:c", b"3", harness.short_ttl)
+    await harness.let_expire("many:c", harness.short_ttl)
+    got = await harness.store.get_many(["many:a", "many:b", "many:c", "many:a"])
+    assert got == [b"1", None, None, b"1"]
+
+
+async def test_get_many_rejects_empty_and_oversized_key_lists(harness: Harness) -> None:
+    from healthid.store.ephemeral.base import MAX_MANY_KEYS, InvalidKeyError
+
+    with pytest.raises(InvalidKeyError):
+        await harness.store.get_many([])
+    with pytest.raises(InvalidKeyError):
+        await harness.store.get_many([f"k{i}" for i in range(MAX_MANY_KEYS + 1)])
+    with pytest.raises(InvalidKeyError):
+        await harness.store.get_many(["ok", "not ok"])
+
+
 async def test_values_are_opaque_bytes(harness: Harness) -> None:
     binary = bytes(range(256))
     await harness.store.put("bin", binary, LONG_TTL)

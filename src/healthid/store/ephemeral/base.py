@@ -16,7 +16,8 @@ carry only random handles, hashes or pseudonyms, never personal data (CONVENTION
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Final, Protocol
 
 # CONVENTIONS 6: every bound is a named constant next to the code that enforces it.
 MAX_KEY_LENGTH = 256
@@ -91,6 +92,10 @@ class EphemeralStore(Protocol):
         """The value under ``key``, or ``None`` when it is absent or expired."""
         ...
 
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """:meth:`get` for several keys in one round trip (at most MAX_MANY_KEYS)."""
+        ...
+
     async def consume(self, key: str) -> bytes | None:
         """Atomically return and delete the value: exactly one caller ever gets it.
 
@@ -122,6 +127,18 @@ class EphemeralStore(Protocol):
     async def aclose(self) -> None:
         """Release the backend; every later operation raises ``EphemeralStoreUnavailable``."""
         ...
+
+
+MAX_MANY_KEYS: Final = 64
+"""Most keys one get_many may ask for."""
+
+
+def validate_keys(keys: Sequence[str]) -> None:
+    """Refuse a key list that is empty, too long, or holds an invalid key."""
+    if not 1 <= len(keys) <= MAX_MANY_KEYS:
+        raise InvalidKeyError(f"get_many takes 1 to {MAX_MANY_KEYS} keys")
+    for key in keys:
+        validate_key(key)
 
 
 def validate_key(key: str) -> None:

@@ -19,7 +19,7 @@ import heapq
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from healthid.store.ephemeral.base import (
@@ -29,6 +29,7 @@ from healthid.store.ephemeral.base import (
     EphemeralStoreUnavailable,
     validate_amount,
     validate_key,
+    validate_keys,
     validate_ttl,
     validate_value,
 )
@@ -113,6 +114,13 @@ class MemoryEphemeralStore:
         with self._lock:
             entry = self._live(key, self._now())
             return None if entry is None else entry.value
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Every key's live value (or ``None``), read under one lock."""
+        validate_keys(keys)
+        with self._lock:
+            now = self._now()
+            return [None if (e := self._live(k, now)) is None else e.value for k in keys]
 
     async def consume(self, key: str) -> bytes | None:
         """Get and delete in one critical section (CONVENTIONS 14): one caller wins."""

@@ -22,7 +22,7 @@ must not be silently sent again, the caller fails closed instead.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final
 
@@ -51,6 +51,7 @@ from healthid.store.ephemeral.base import (
     EphemeralStoreUnavailable,
     validate_amount,
     validate_key,
+    validate_keys,
     validate_ttl,
     validate_value,
 )
@@ -202,6 +203,14 @@ class RedisEphemeralStore:
         name = self._name(key)
         with _backend_errors():
             return _as_bytes(await self._client.get(name))
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """``MGET``: one round trip."""
+        validate_keys(keys)
+        names = [self._name(k) for k in keys]
+        with _backend_errors():
+            values = await self._client.mget(names)
+        return [_as_bytes(v) for v in values]
 
     async def consume(self, key: str) -> bytes | None:
         """``GETDEL key``: one atomic command, so one caller wins (CONVENTIONS 14)."""

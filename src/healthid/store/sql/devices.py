@@ -4,13 +4,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from healthid.store.sql.schema import devices, history
+from healthid.store.sql.schema import devices, history, policyholders
 
 MAX_HISTORY_EVENTS = 1000  # events returned per listing, newest first
+
+# The login path's statements, built once (building and cache-keying a statement per call
+# cost more than running it).
+_GET_WITH_KEY = (
+    select(devices, policyholders.c.root_key_id, policyholders.c.wrapped_key)
+    .join(policyholders, policyholders.c.pseudonym == devices.c.pseudonym)
+    .where(devices.c.device_id == bindparam("d"))
+)
+_ADVANCE = (
+    update(devices)
+    .where(
+        devices.c.device_id == bindparam("d"),
+        devices.c.sign_count < bindparam("n"),
+        devices.c.revoked_at.is_(None),
+    )
+    .values(sign_count=bindparam("n"))
+)
+_LOG = insert(history).values(
+    pseudonym=bindparam("p"),
+    event_id=bindparam("e"),
+    created_at=bindparam("t"),
+    ciphertext=bindparam("c"),
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,7 +54,7 @@ class DeviceRecord:
         return self.revoked_at is None
 
 
-def _record(row: RowMapping) -> DeviceRecord:
+def _record(row: RowMapping | dict[str, object]) -> DeviceRecord:
     values = dict(row)
     values["public_key"] = bytes(values["public_key"])
     return DeviceRecord(**values)
@@ -102,6 +125,39 @@ class DeviceRepository:
                 .values(revoked_at=now)
             )
         return bool(result.rowcount)
+
+    async def get_with_key(
+        self, device_id: str
+    ) -> tuple[DeviceRecord, str | None, bytes | None] | None:
+        """The device with its owner's wrapped data key (for sealing history), one query."""
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(_GET_WITH_KEY, {"d": device_id})).mappings().first()
+        if row is None:
+            return None
+        values = dict(row)
+        root_key_id = values.pop("root_key_id")
+        wrapped = values.pop("wrapped_key")
+        return _record(values), root_key_id, None if wrapped is None else bytes(wrapped)
+
+    async def advance_counter_and_log(
+        self, device_id: str, new_count: int, pseudonym: str, entry: HistoryEntry | None
+    ) -> bool:
+        """:meth:`advance_counter` and, in the same transaction, the login's history entry."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(_ADVANCE, {"d": device_id, "n": new_count})
+            if not result.rowcount:
+                return False
+            if entry is not None:
+                await conn.execute(
+                    _LOG,
+                    {
+                        "p": pseudonym,
+                        "e": entry.event_id,
+                        "t": entry.created_at,
+                        "c": entry.ciphertext,
+                    },
+                )
+        return True
 
     async def advance_counter(self, device_id: str, new_count: int) -> bool:
         """Store a higher signature counter, atomically; False if it does not go up (replay)
