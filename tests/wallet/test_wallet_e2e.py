@@ -160,3 +160,20 @@ def test_replayed_login_signature_is_refused(
         "signature": b64e(w._sign(signed)),
     }
     assert client.post(f"{IDP}/wallet/v1/auth/assertions", json=body).status_code == 401
+
+
+def test_each_login_adds_exactly_one_history_event(
+    client: TestClient, settings: Settings, registry: list[dict[str, str]], tmp_path: Path
+) -> None:
+    w = WalletClient(IDP, tmp_path / "w", http=client)
+    w.enroll_with_egk(card_for(settings, registry[9]))
+    session = w.login().session
+    before = client.get(
+        f"{IDP}/wallet/v1/history", headers={"Authorization": f"Bearer {session}"}
+    ).json()["events"]
+    w.login()
+    w.login()
+    after = client.get(
+        f"{IDP}/wallet/v1/history", headers={"Authorization": f"Bearer {session}"}
+    ).json()["events"]
+    assert after - before == 2

@@ -43,6 +43,7 @@ AUTH_CHALLENGE_TTL = 120  # seconds a login challenge is valid (single use)
 DEVICE_SESSION_TTL = 300  # seconds a device session (device management) is valid
 MAX_DEVICES_PER_PERSON = 5
 DEVICE_ID_BYTES = 16
+DEVICE_CACHE_TTL = 600  # seconds a device's public record is cached for logins
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -378,6 +379,8 @@ class WalletService:
             created_at=now,
         )
         await self._devices.add(device, revoke_others_at=now if replace_devices else None)
+        for old in before if replace_devices else ():
+            await self._store.delete(f"devrec:{old}")
         revoked = len(before) if replace_devices else 0
         kind = "recovered" if replace_devices else "enrolled"
         await self._history(pseudonym, HistoryEvent(kind=kind, at=now, detail=state["method"]))
@@ -422,21 +425,56 @@ class WalletService:
     ) -> LoginResult:
         """Verify the device's signature over the challenge; single use, counter must rise."""
         limits = self._limits
-        await self._check_all(
-            [
-                ("auth_ip", ip, limits.failed_auth_per_ip),
-                ("auth_dev_ip", f"{device_id}|{ip}", limits.failed_auth_per_device_ip),
-                ("auth_dev", device_id, limits.failed_auth_per_device),
-            ]
+        checks = [
+            ("auth_ip", ip, limits.failed_auth_per_ip),
+            ("auth_dev_ip", f"{device_id}|{ip}", limits.failed_auth_per_device_ip),
+            ("auth_dev", device_id, limits.failed_auth_per_device),
+        ]
+        # one round trip: consume the challenge (single use) and read the failure counters
+        raw, counts = await self._store.consume_and_get(
+            f"authchal:{challenge_id}", [f"rl:{n}:{s}" for n, s, _ in checks]
         )
-        raw = await self._store.consume(f"authchal:{challenge_id}")  # single use, atomic
+        for (name, subject, rule), count in zip(checks, counts, strict=True):
+            if count is not None and int(count) >= rule.limit:
+                ttl = await self._store.ttl(f"rl:{name}:{subject}")
+                raise TooManyRequests(
+                    "too many attempts; try again later", int(ttl or rule.window) + 1
+                )
         try:
             return await self._login(raw, device_id=device_id, counter=counter, signature=signature)
         except WalletError:
-            await self._count("auth_ip", ip, limits.failed_auth_per_ip)
-            await self._count("auth_dev_ip", f"{device_id}|{ip}", limits.failed_auth_per_device_ip)
-            await self._count("auth_dev", device_id, limits.failed_auth_per_device)
+            for name, subject, rule in checks:
+                await self._count(name, subject, rule)
             raise
+
+    async def _device_for_login(
+        self, device_id: str
+    ) -> tuple[DeviceRecord, str | None, bytes | None] | None:
+        """The device's public record, cached in the ephemeral store.
+
+        Safe to cache: revocation and the counter are enforced by the SQL compare-and-set
+        after the signature check, never by this copy; revoking also drops it.
+        """
+        key = f"devrec:{device_id}"
+        cached = await self._store.get(key)
+        if cached is not None:
+            doc = json.loads(cached)
+            device = DeviceRecord(
+                **(doc["device"] | {"public_key": _unb64(doc["device"]["public_key"])})
+            )
+            wrapped = _unb64(doc["wrapped_key"]) if doc["wrapped_key"] else None
+            return device, doc["root_key_id"], wrapped
+        found = await self._devices.get_with_key(device_id)
+        if found is None or not found[0].active:
+            return found
+        device, root_key_id, wrapped = found
+        doc = {
+            "device": device.__dict__ | {"public_key": _b64(device.public_key)},
+            "root_key_id": root_key_id,
+            "wrapped_key": _b64(wrapped) if wrapped else None,
+        }
+        await self._put(key, doc, DEVICE_CACHE_TTL)
+        return found
 
     async def _login(
         self, raw: bytes | None, *, device_id: str, counter: int, signature: bytes
@@ -447,7 +485,7 @@ class WalletService:
         state = dict(json.loads(raw))
         if not secrets.compare_digest(state["device_id"], device_id):
             raise failed
-        found = await self._devices.get_with_key(device_id)
+        found = await self._device_for_login(device_id)
         if found is None or not found[0].active:
             raise failed
         device, root_key_id, wrapped_key = found
@@ -497,9 +535,6 @@ class WalletService:
             {"pseudonym": device.pseudonym, "device_id": device_id, "auth_time": now},
             DEVICE_SESSION_TTL,
         )
-        await self._history(
-            device.pseudonym, HistoryEvent(kind="login", at=now, device_id=device_id)
-        )
         return LoginResult(
             session=session,
             device_id=device_id,
@@ -538,6 +573,7 @@ class WalletService:
         now = self._now()
         if not await self._devices.revoke(device_id, state["pseudonym"], now):
             raise NotFound("no such active device")
+        await self._store.delete(f"devrec:{device_id}")
         await self._history(
             state["pseudonym"], HistoryEvent(kind="device_revoked", at=now, device_id=device_id)
         )

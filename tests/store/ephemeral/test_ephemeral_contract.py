@@ -201,6 +201,23 @@ async def test_get_many_returns_values_in_order_with_none_for_missing(harness: H
     assert got == [b"1", None, None, b"1"]
 
 
+async def test_consume_and_get_consumes_once_and_reads_the_others(harness: Harness) -> None:
+    await harness.store.put("cg:challenge", b"c", 60)
+    await harness.store.put("cg:counter", b"3", 60)
+    first = await harness.store.consume_and_get("cg:challenge", ["cg:counter", "cg:none"])
+    assert first == (b"c", [b"3", None])
+    again = await harness.store.consume_and_get("cg:challenge", ["cg:counter"])
+    assert again == (None, [b"3"])
+
+
+async def test_consume_and_get_has_exactly_one_winner(harness: Harness) -> None:
+    await harness.store.put("cg:race", b"once", 60)
+    results = await asyncio.gather(
+        *(harness.store.consume_and_get("cg:race", ["cg:x"]) for _ in range(RACERS))
+    )
+    assert [r[0] for r in results].count(b"once") == 1
+
+
 async def test_get_many_rejects_empty_and_oversized_key_lists(harness: Harness) -> None:
     from healthid.store.ephemeral.base import MAX_MANY_KEYS, InvalidKeyError
 

@@ -96,6 +96,13 @@ class EphemeralStore(Protocol):
         """:meth:`get` for several keys in one round trip (at most MAX_MANY_KEYS)."""
         ...
 
+    async def consume_and_get(
+        self, key: str, others: Sequence[str]
+    ) -> tuple[bytes | None, list[bytes | None]]:
+        """:meth:`consume` ``key`` and :meth:`get_many` ``others``, atomically, in one round
+        trip (a login consumes its challenge and reads its rate counters together)."""
+        ...
+
     async def consume(self, key: str) -> bytes | None:
         """Atomically return and delete the value: exactly one caller ever gets it.
 

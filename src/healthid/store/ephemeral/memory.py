@@ -122,6 +122,20 @@ class MemoryEphemeralStore:
             now = self._now()
             return [None if (e := self._live(k, now)) is None else e.value for k in keys]
 
+    async def consume_and_get(
+        self, key: str, others: Sequence[str]
+    ) -> tuple[bytes | None, list[bytes | None]]:
+        """Consume and read in one critical section."""
+        validate_key(key)
+        validate_keys(others)
+        with self._lock:
+            now = self._now()
+            entry = self._live(key, now)
+            if entry is not None:
+                del self._entries[key]
+            values = [None if (e := self._live(k, now)) is None else e.value for k in others]
+            return (None if entry is None else entry.value), values
+
     async def consume(self, key: str) -> bytes | None:
         """Get and delete in one critical section (CONVENTIONS 14): one caller wins."""
         validate_key(key)

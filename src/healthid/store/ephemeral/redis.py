@@ -212,6 +212,20 @@ class RedisEphemeralStore:
             values = await self._client.mget(names)
         return [_as_bytes(v) for v in values]
 
+    async def consume_and_get(
+        self, key: str, others: Sequence[str]
+    ) -> tuple[bytes | None, list[bytes | None]]:
+        """``MULTI; GETDEL key; MGET others; EXEC``: atomic, one round trip."""
+        validate_keys(others)
+        name = self._name(key)
+        names = [self._name(k) for k in others]
+        with _backend_errors():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.getdel(name)
+                pipe.mget(names)
+                consumed, values = await pipe.execute()
+        return _as_bytes(consumed), [_as_bytes(v) for v in values]
+
     async def consume(self, key: str) -> bytes | None:
         """``GETDEL key``: one atomic command, so one caller wins (CONVENTIONS 14)."""
         name = self._name(key)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,6 +27,16 @@ _ADVANCE = (
         devices.c.revoked_at.is_(None),
     )
     .values(sign_count=bindparam("n"))
+)
+# gemSpec-independent: counter up (only while not revoked) and the sealed history event, as
+# one statement; the INSERT happens only if the UPDATE matched.
+_ADVANCE_AND_LOG_PG = text(
+    "WITH advanced AS ("
+    " UPDATE devices SET sign_count = :n"
+    " WHERE device_id = :d AND sign_count < :n AND revoked_at IS NULL"
+    " RETURNING pseudonym)"
+    " INSERT INTO history (pseudonym, event_id, created_at, ciphertext)"
+    " SELECT pseudonym, :e, :t, :c FROM advanced RETURNING event_id"
 )
 _LOG = insert(history).values(
     pseudonym=bindparam("p"),
@@ -142,7 +152,22 @@ class DeviceRepository:
     async def advance_counter_and_log(
         self, device_id: str, new_count: int, pseudonym: str, entry: HistoryEntry | None
     ) -> bool:
-        """:meth:`advance_counter` and, in the same transaction, the login's history entry."""
+        """:meth:`advance_counter` and, atomically with it, the login's history entry.
+
+        PostgreSQL: one statement (a data-modifying CTE) in autocommit, one round trip.
+        """
+        if entry is not None and self._engine.dialect.name == "postgresql":
+            params = {
+                "d": device_id,
+                "n": new_count,
+                "e": entry.event_id,
+                "t": entry.created_at,
+                "c": entry.ciphertext,
+            }
+            async with self._engine.connect() as conn:
+                auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                row = (await auto.execute(_ADVANCE_AND_LOG_PG, params)).first()
+            return row is not None
         async with self._engine.begin() as conn:
             result = await conn.execute(_ADVANCE, {"d": device_id, "n": new_count})
             if not result.rowcount:
