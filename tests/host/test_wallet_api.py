@@ -108,6 +108,12 @@ def test_card_signature_over_another_challenge_is_refused(
     assert resp.status_code == 403
 
 
+def spki_of(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def _proven(client: TestClient, settings: Settings, row: dict[str, str]) -> tuple[str, bytes]:
     c = card(settings, row)
     start = client.post(f"{API}/enrolments").json()
@@ -123,9 +129,7 @@ def _proven(client: TestClient, settings: Settings, row: dict[str, str]) -> tupl
 def test_device_key_on_the_wrong_curve_is_refused(client: TestClient, settings: Settings) -> None:
     enrolment_id, _challenge = _proven(client, settings, ROWS[2])
     key = ec.generate_private_key(ec.SECP384R1())
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    spki = spki_of(key)
     resp = client.post(
         f"{API}/enrolments/{enrolment_id}/device",
         json={
@@ -140,9 +144,7 @@ def test_device_key_on_the_wrong_curve_is_refused(client: TestClient, settings: 
 def test_ten_megabyte_attestation_is_refused(client: TestClient, settings: Settings) -> None:
     enrolment_id, _ = _proven(client, settings, ROWS[3])
     key = ec.generate_private_key(ec.SECP256R1())
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    spki = spki_of(key)
     resp = client.post(
         f"{API}/enrolments/{enrolment_id}/device",
         json={
@@ -159,9 +161,7 @@ def test_attestation_for_another_key_is_refused(client: TestClient, settings: Se
 
     enrolment_id, challenge = _proven(client, settings, ROWS[4])
     mine, theirs = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    spki = mine.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    spki = spki_of(mine)
     att = make_software_attestation(theirs, challenge, "de.healthid.wallet.dev")
     resp = client.post(
         f"{API}/enrolments/{enrolment_id}/device",
@@ -177,9 +177,7 @@ def test_attestation_for_another_key_is_refused(client: TestClient, settings: Se
 def test_unknown_attestation_format_is_refused(client: TestClient, settings: Settings) -> None:
     enrolment_id, _ = _proven(client, settings, ROWS[5])
     key = ec.generate_private_key(ec.SECP256R1())
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    spki = spki_of(key)
     resp = client.post(
         f"{API}/enrolments/{enrolment_id}/device",
         json={
@@ -194,9 +192,7 @@ def test_unknown_attestation_format_is_refused(client: TestClient, settings: Set
 def test_binding_without_proofing_is_refused(client: TestClient) -> None:
     start = client.post(f"{API}/enrolments").json()
     key = ec.generate_private_key(ec.SECP256R1())
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    spki = spki_of(key)
     resp = client.post(
         f"{API}/enrolments/{start['enrolment_id']}/device",
         json={
@@ -244,9 +240,7 @@ async def test_attacker_cannot_lock_the_owner_out(settings: Settings, client: Te
             ip="198.51.100.7",
         )
         key = ec.generate_private_key(ec.SECP256R1())
-        spki = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        spki = spki_of(key)
         bound = await svc.bind_device(
             enrolment.enrolment_id,
             public_key=spki,

@@ -39,10 +39,12 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         write_registry(fh, 5, seed=21)
     assert CliRunner().invoke(main, ["registry", "import", str(reg)]).exit_code == 0
     port = free_port()
-    config = uvicorn.Config(
-        build_app(load_settings()), host="127.0.0.1", port=port, log_level="warning"
-    )
-    srv = uvicorn.Server(config)
+    yield from serve_on_loopback(build_app(load_settings()), port)
+
+
+def serve_on_loopback(app: object, port: int) -> Iterator[str]:
+    """Run ``app`` with uvicorn on 127.0.0.1:``port`` in a thread until the test ends."""
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))  # type: ignore[arg-type]
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -129,17 +131,7 @@ def demo_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
         load_settings(data_dir=tmp_path / "data", enclave_workers=1, listen_port=port)
     )
     _seed_demo(settings)
-    app = build_app(settings, extra_routes=[standin_mount(settings)])
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "server did not start"
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    yield from serve_on_loopback(build_app(settings, extra_routes=[standin_mount(settings)]), port)
 
 
 def test_make_run_stack_enrols_with_the_eid_stand_in(demo_server: str, tmp_path: Path) -> None:
