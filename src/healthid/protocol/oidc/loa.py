@@ -24,6 +24,8 @@ AMR_EGK = "urn:telematik:auth:eGK"
 AMR_EID = "urn:telematik:auth:eID"
 AMR_MEW = "urn:telematik:auth:mEW"  # v1: the only amr allowed with loa-substantial
 AMR_OTHER = "urn:telematik:auth:other"  # v2: substantial (and mEW/sso mapped here)
+AMR_SSO = "urn:telematik:auth:sso"  # v1 only; v2 maps it to AMR_OTHER
+AMR_GUEST_EGK = "urn:telematik:auth:guest:eGK"  # "Gastlogin" (PAR TC 018)
 DAY = 24 * 60 * 60
 
 
