@@ -6,13 +6,16 @@ runs in-process (``tee: simulated``).
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
@@ -24,10 +27,12 @@ from healthid.enclave.service import Enclave
 from healthid.enclave.vault import Vault
 from healthid.host.app import HostDeps, create_app
 from healthid.host.attestation import AttestationPolicy
+from healthid.host.federation_api import SIGNED_JWKS_PATH, FederationPublisher
 from healthid.host.wallet_service import WalletService
 from healthid.keys.base import SigningKeyStore
 from healthid.keys.file import FileKeyStore
 from healthid.keys.rotation import KeyRing
+from healthid.protocol.federation.provider import ProviderConfiguration
 from healthid.settings import KeyBackend, Settings, TeeKind
 from healthid.store.ephemeral import EphemeralStore, open_ephemeral_store
 from healthid.store.sql.devices import DeviceRepository
@@ -85,6 +90,60 @@ def build_enclave(settings: Settings) -> Enclave:
         egk_cas=load_egk_cas(settings),
         eid_client_factory=eid_client_factory(settings),
     )
+
+
+DEV_FEDMASTER_URL = "http://127.0.0.1:8081"  # `healthid fedmaster` in development
+KOMP_TEST_CA_DIR = "komp-test-ca"
+
+
+def provider_configuration(settings: Settings) -> ProviderConfiguration:
+    """Our entity configuration's variable parts (spec §1.1: two base URLs, mTLS for PAR and
+    token)."""
+    base = settings.public_url.rstrip("/")
+    mtls = (settings.mtls_public_url or settings.public_url).rstrip("/")
+    try:
+        return ProviderConfiguration(
+            issuer=base,
+            authorization_endpoint=f"{base}/auth",
+            token_endpoint=f"{mtls}/token",
+            pushed_authorization_request_endpoint=f"{mtls}/PAR_Auth",
+            signed_jwks_uri=f"{base}{SIGNED_JWKS_PATH}",
+            organization_name=settings.organization_name,
+            logo_uri=settings.logo_uri or f"{base}/logo.svg",
+            authority_hints=(settings.fedmaster_url or DEV_FEDMASTER_URL,),
+            federation_name=settings.organization_name,
+            federation_organization_name=settings.organization_name,
+            contacts=tuple(settings.federation_contacts),
+            homepage_uri=settings.homepage_uri or base,
+            allow_http=settings.development,
+        )
+    except ValueError as exc:
+        raise StartupError(f"federation settings: {exc}") from exc
+
+
+def token_certificate_chains(settings: Settings) -> Callable[[dict[str, Any]], list[str]]:
+    """x5c for an ID-token key: configured Komp-PKI chains, or the test CA in development."""
+    if settings.token_certificates_dir is not None:
+        directory = settings.token_certificates_dir
+
+        def configured(jwk: dict[str, Any]) -> list[str]:
+            path = directory / f"{jwk['kid']}.pem"
+            try:
+                chain = x509.load_pem_x509_certificates(path.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"no certificate chain for token key {jwk['kid']}") from exc
+            return [
+                base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode("ascii")
+                for c in chain
+            ]
+
+        return configured
+    if not settings.development:
+        raise StartupError("HEALTHID_TOKEN_CERTIFICATES_DIR is required in production")
+    from healthid.demo.komp_test_ca import TestKompCa
+
+    ca = TestKompCa.create(settings.data_dir / KOMP_TEST_CA_DIR)
+    return ca.x5c_for
 
 
 def attestation_policy(settings: Settings) -> AttestationPolicy:
@@ -189,6 +248,15 @@ class Runtime:
             max_signed_lifetime=KEY_PURPOSES[purpose],
         )
 
+    def federation_publisher(self) -> FederationPublisher:
+        return FederationPublisher(
+            config=provider_configuration(self.settings),
+            key_store=self.key_store,
+            federation_ring=self.key_ring("federation"),
+            token_ring=self.key_ring("token"),
+            token_x5c=token_certificate_chains(self.settings),
+        )
+
     async def ensure_keys(self) -> None:
         """Create the first signing key of every purpose that has none (active at once)."""
         for purpose in KEY_PURPOSES:
@@ -236,6 +304,7 @@ def build_app(settings: Settings, *, extra_routes: Sequence[BaseRoute] = ()) -> 
             engine=rt.engine,
             ephemeral=rt.ephemeral,
             wallet=rt.wallet_service(),
+            federation=rt.federation_publisher(),
         )
 
     async def close() -> None:

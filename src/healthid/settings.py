@@ -113,6 +113,16 @@ class Settings(BaseSettings):
     # The eID-Server (BSI TR-03130 eID-Interface); development default: `healthid eid-standin`.
     eid_server_url: str | None = None
     public_url: str = "http://127.0.0.1:8080"
+    # Base URL of the mTLS host (PAR and token endpoints); default: public_url.
+    mtls_public_url: str | None = None
+    # Federation entity metadata (spec §3).
+    organization_name: str = "healthid Test-Krankenkasse"
+    federation_contacts: list[str] = Field(default_factory=lambda: ["idp-ops@example.invalid"])
+    logo_uri: str | None = None  # default: <public_url>/logo.svg
+    homepage_uri: str | None = None  # default: public_url
+    # Component-PKI certificate chains of the ID-token keys: <dir>/<kid>.pem (leaf first).
+    # Development: a TEST Komp-PKI CA under data_dir issues them.
+    token_certificates_dir: Path | None = None
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=8080, ge=1, le=65535)
     # Test registries (gematik's published test identities) carry KVNRs whose check digit

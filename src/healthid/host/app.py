@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 
 from healthid import __version__
 from healthid.enclave.api import EnclaveClient
+from healthid.host.federation_api import FederationPublisher, federation_routes
 from healthid.host.wallet_api import wallet_routes
 from healthid.host.wallet_service import WalletService
 from healthid.store.ephemeral import EphemeralStore
@@ -41,6 +42,7 @@ class HostDeps:
     engine: AsyncEngine
     ephemeral: EphemeralStore
     wallet: WalletService
+    federation: FederationPublisher
 
 
 def _json(body: object, status: int = 200) -> JSONResponse:
@@ -130,6 +132,7 @@ version {html.escape(__version__)}, {html.escape(deps.mode)} mode.</p>{banner}
             Route("/readyz", readyz),
             Route("/status", status),
             *wallet_routes(lambda: state["deps"].wallet),
+            *federation_routes(lambda: state["deps"].federation),
             *extra_routes,
         ],
         lifespan=lifespan,

@@ -101,6 +101,8 @@ class ProviderConfiguration:
     claims_supported: tuple[str, ...] = DEFAULT_CLAIMS_SUPPORTED
     id_token_versions_supported: tuple[str, ...] = DEFAULT_ID_TOKEN_VERSIONS
     extra_federation_entity: Mapping[str, Any] = field(default_factory=dict)
+    # Development only: a local federation on loopback has no TLS (DESIGN.md).
+    allow_http: bool = False
 
     def __post_init__(self) -> None:
         urls = (
@@ -113,7 +115,8 @@ class ProviderConfiguration:
             self.homepage_uri,
             *self.authority_hints,
         )
-        if not all(u.startswith("https://") for u in urls):
+        schemes = ("https://", "http://") if self.allow_http else ("https://",)
+        if not all(u.startswith(schemes) for u in urls):
             raise ValueError("every federation URL must be https (OpenID Federation §1.2)")
         if not self.authority_hints or not self.contacts:
             raise ValueError("authority_hints and contacts must not be empty (spec §3)")

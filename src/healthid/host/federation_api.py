@@ -1,0 +1,89 @@
+"""The IdP's federation membership endpoints (issue #4 item 1, spec §1.1, §3, §3.1).
+
+``/.well-known/openid-federation``: the entity configuration, signed with the active
+federation key, listing every published federation key (the next one before it signs, the
+retiring one until its statements expired). ``/jws.json`` (``signed_jwks_uri``): the
+signed JWKS with the active ID-token key and its component-PKI certificate chain. Neither
+carries personal data; both are signed by the key store (HSM in production).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from healthid.keys.base import SigningKeyStore
+from healthid.keys.rotation import KeyRing
+from healthid.protocol.federation.provider import (
+    ProviderConfiguration,
+    sign_entity_configuration,
+    sign_signed_jwks,
+)
+
+ENTITY_STATEMENT_TYPE = "application/entity-statement+jwt;charset=UTF-8"  # spec §1.1
+SIGNED_JWKS_TYPE = "application/jwk-set+json;charset=UTF-8"  # spec §1.1
+SIGNED_JWKS_PATH = "/jws.json"
+FEDERATION_PURPOSE = "federation"
+TOKEN_PURPOSE = "token"  # noqa: S105 - a key purpose, not a secret
+
+
+@dataclass(frozen=True, kw_only=True)
+class FederationPublisher:
+    config: ProviderConfiguration
+    key_store: SigningKeyStore
+    federation_ring: KeyRing
+    token_ring: KeyRing
+    token_x5c: Callable[[dict[str, Any]], list[str]]
+    clock: Callable[[], float] = time.time
+
+    async def entity_configuration(self) -> str:
+        active = await self.federation_ring.active(FEDERATION_PURPOSE)
+        published = [
+            dict(r.public_jwk) for r in await self.federation_ring.published(FEDERATION_PURPOSE)
+        ]
+        return await asyncio.to_thread(
+            sign_entity_configuration,
+            self.config,
+            federation_keys=published,
+            kid=active.kid,
+            signer=self.key_store.sign,
+            now=int(self.clock()),
+        )
+
+    async def signed_jwks(self) -> str:
+        federation = await self.federation_ring.active(FEDERATION_PURPOSE)
+        token = await self.token_ring.active(TOKEN_PURPOSE)
+        token_jwk = dict(token.public_jwk)
+        return await asyncio.to_thread(
+            sign_signed_jwks,
+            issuer=self.config.issuer,
+            federation_key=dict(federation.public_jwk),
+            token_key=token_jwk,
+            token_x5c=self.token_x5c(token_jwk),
+            signer=self.key_store.sign,
+            now=int(self.clock()),
+        )
+
+
+def federation_routes(publisher: Callable[[], FederationPublisher]) -> list[Route]:
+    async def entity_configuration(_request: Request) -> Response:
+        body = await publisher().entity_configuration()
+        return Response(
+            body, media_type=ENTITY_STATEMENT_TYPE, headers={"Cache-Control": "no-cache"}
+        )
+
+    async def signed_jwks(_request: Request) -> Response:
+        body = await publisher().signed_jwks()
+        return Response(body, media_type=SIGNED_JWKS_TYPE, headers={"Cache-Control": "no-cache"})
+
+    return [
+        Route("/.well-known/openid-federation", entity_configuration, methods=["GET"]),
+        Route(SIGNED_JWKS_PATH, signed_jwks, methods=["GET"]),
+    ]
