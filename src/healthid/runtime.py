@@ -28,11 +28,14 @@ from healthid.enclave.vault import Vault
 from healthid.host.app import HostDeps, create_app
 from healthid.host.attestation import AttestationPolicy
 from healthid.host.federation_api import SIGNED_JWKS_PATH, FederationPublisher
+from healthid.host.oidc_service import OidcService, RelyingPartyResolver
 from healthid.host.wallet_service import WalletService
 from healthid.keys.base import SigningKeyStore
 from healthid.keys.file import FileKeyStore
 from healthid.keys.rotation import KeyRing
+from healthid.protocol.federation import ResolvedRelyingParty
 from healthid.protocol.federation.provider import ProviderConfiguration
+from healthid.protocol.oauth.errors import InvalidClientError
 from healthid.settings import KeyBackend, Settings, TeeKind
 from healthid.store.ephemeral import EphemeralStore, open_ephemeral_store
 from healthid.store.sql.devices import DeviceRepository
@@ -73,7 +76,9 @@ def build_key_store(settings: Settings) -> SigningKeyStore:
     )
 
 
-def build_enclave(settings: Settings) -> Enclave:
+def build_enclave(
+    settings: Settings, token_signer: Callable[[str, bytes], bytes] | None = None
+) -> Enclave:
     """The in-process enclave. Production (SGX) needs the enclave process of a later issue."""
     if settings.tee is not TeeKind.SIMULATED:
         raise StartupError(
@@ -89,6 +94,7 @@ def build_enclave(settings: Settings) -> Enclave:
         allow_test_kvnr=settings.development,
         egk_cas=load_egk_cas(settings),
         eid_client_factory=eid_client_factory(settings),
+        token_signer=token_signer,
     )
 
 
@@ -277,18 +283,29 @@ async def open_runtime(settings: Settings, *, migrate: bool | None = None) -> Ru
     engine = create_engine(settings.sql_url)
     if settings.development if migrate is None else migrate:
         await upgrade(engine)
+    key_store = build_key_store(settings)
     return Runtime(
         settings=settings,
         engine=engine,
-        enclave=build_enclave(settings),
+        enclave=build_enclave(settings, key_store.sign),
         policyholders=PolicyholderRepository(engine),
         ephemeral=open_ephemeral_store(settings.redis_url, prefix=settings.redis_prefix),
-        key_store=build_key_store(settings),
+        key_store=key_store,
         devices=DeviceRepository(engine),
     )
 
 
-def build_app(settings: Settings, *, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+class _UnconfiguredFederation:
+    async def resolve(self, client_id: str) -> ResolvedRelyingParty:
+        raise InvalidClientError("relying parties cannot be resolved: no federation configured")
+
+
+def build_app(
+    settings: Settings,
+    *,
+    extra_routes: Sequence[BaseRoute] = (),
+    resolver: RelyingPartyResolver | None = None,
+) -> Starlette:
     """The host ASGI app for ``healthid serve``; stores open in the app's lifespan."""
     holder: list[Runtime] = []
 
@@ -297,14 +314,27 @@ def build_app(settings: Settings, *, extra_routes: Sequence[BaseRoute] = ()) -> 
         holder.append(rt)
         if settings.development:
             await rt.ensure_keys()
+        wallet = rt.wallet_service()
+        publisher = rt.federation_publisher()
+        oidc = OidcService(
+            issuer=settings.public_url.rstrip("/"),
+            resolver=resolver or _UnconfiguredFederation(),
+            store=rt.ephemeral,
+            wallet=wallet,
+            enclave=rt.enclave,
+            policyholders=rt.policyholders,
+            publisher=publisher,
+        )
         return HostDeps(
             mode=settings.mode.value,
             public_url=settings.public_url,
             enclave=rt.enclave,
             engine=rt.engine,
             ephemeral=rt.ephemeral,
-            wallet=rt.wallet_service(),
-            federation=rt.federation_publisher(),
+            wallet=wallet,
+            federation=publisher,
+            oidc=oidc,
+            trusted_proxies=tuple(settings.trusted_proxies),
         )
 
     async def close() -> None:

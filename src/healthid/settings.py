@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     # The eID-Server (BSI TR-03130 eID-Interface); development default: `healthid eid-standin`.
     eid_server_url: str | None = None
     public_url: str = "http://127.0.0.1:8080"
+    # Addresses of the TLS terminators whose X-SSL-CERT header (the mTLS client certificate)
+    # we believe; requests from anywhere else never carry a client certificate.
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
     # Base URL of the mTLS host (PAR and token endpoints); default: public_url.
     mtls_public_url: str | None = None
     # Federation entity metadata (spec §3).

@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from healthid.protocol.oauth.token import TokenGrant
+from healthid.protocol.oidc.loa import Assurance
+
 TEE_SIMULATED = "simulated"
 MAX_REPORTED_ERRORS = 10_000  # errors listed per import; the rest are counted
 
@@ -155,6 +158,21 @@ class SealedHistoryEvent:
     ciphertext: bytes
 
 
+@dataclass(frozen=True, kw_only=True)
+class IdTokenRequest:
+    """What the enclave needs to build, sign and encrypt one ID token (no personal data:
+    the claim values come from the sealed master data, opened inside)."""
+
+    sealed: SealedPolicyholder
+    issuer: str
+    grant: TokenGrant
+    assurance: Assurance
+    auth_time: int
+    kid: str  # the active token signing key
+    x5c: tuple[str, ...]  # its component-PKI chain
+    rp_encryption_jwk: dict[str, object]
+
+
 class EnclaveClient(Protocol):
     """What the host may ask of the enclave."""
 
@@ -208,3 +226,7 @@ class EnclaveClient(Protocol):
     async def seal_history(
         self, sealed: SealedPolicyholder, event: HistoryEvent
     ) -> SealedHistoryEvent: ...
+
+    async def mint_id_token(self, request: IdTokenRequest) -> str:
+        """The ID token as a JWE for the relying party (signed and encrypted inside)."""
+        ...

@@ -21,7 +21,7 @@ from cryptography import x509
 
 from healthid import __version__
 from healthid.eid.client import EidClient
-from healthid.enclave import api
+from healthid.enclave import api, id_token
 from healthid.enclave.eid_proofing import EidProofing
 from healthid.enclave.proofing import Proofing, ProvenAttributes
 from healthid.enclave.registry.formats import (
@@ -93,6 +93,7 @@ class Enclave:
         today: Callable[[], date] = lambda: datetime.now(UTC).date(),
         egk_cas: Sequence[x509.Certificate] = (),
         eid_client_factory: Callable[[], EidClient] | None = None,
+        token_signer: Callable[[str, bytes], bytes] | None = None,
     ) -> None:
         self._vault = vault
         self._root = root
@@ -110,6 +111,7 @@ class Enclave:
             today=today,
         )
         self._eid = EidProofing(eid_client_factory, self._proofing.begin)
+        self._token_signer = token_signer
 
     # -- status ---------------------------------------------------------------------------
     async def status(self) -> api.EnclaveStatus:
@@ -326,6 +328,26 @@ class Enclave:
             blob=ciphertext,
         )
         return api.HistoryEvent.from_dict(cbor2.loads(raw))
+
+    async def mint_id_token(self, request: api.IdTokenRequest) -> str:
+        if self._token_signer is None:
+            raise api.EnclaveError("no token signing key is configured")
+        holder = self.open_policyholder(request.sealed)
+        return id_token.mint(
+            holder=holder,
+            pseudonym=request.sealed.pseudonym,
+            issuer=request.issuer,
+            grant=request.grant,
+            assurance=request.assurance,
+            auth_time=request.auth_time,
+            now=int(time.time()),
+            today=self._today(),
+            kid=request.kid,
+            x5c=list(request.x5c),
+            signer=self._token_signer,
+            rp_encryption_jwk=request.rp_encryption_jwk,
+            blind_index=self._vault.blind_index,
+        )
 
     # -- reading (inside the enclave only) ------------------------------------------------
     def open_policyholder(self, sealed: api.SealedPolicyholder) -> Policyholder:

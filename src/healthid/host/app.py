@@ -22,6 +22,8 @@ from starlette.routing import BaseRoute, Route
 from healthid import __version__
 from healthid.enclave.api import EnclaveClient
 from healthid.host.federation_api import FederationPublisher, federation_routes
+from healthid.host.oidc_api import oidc_routes
+from healthid.host.oidc_service import OidcService
 from healthid.host.wallet_api import wallet_routes
 from healthid.host.wallet_service import WalletService
 from healthid.store.ephemeral import EphemeralStore
@@ -43,6 +45,8 @@ class HostDeps:
     ephemeral: EphemeralStore
     wallet: WalletService
     federation: FederationPublisher
+    oidc: OidcService
+    trusted_proxies: tuple[str, ...] = ()
 
 
 def _json(body: object, status: int = 200) -> JSONResponse:
@@ -133,6 +137,7 @@ version {html.escape(__version__)}, {html.escape(deps.mode)} mode.</p>{banner}
             Route("/status", status),
             *wallet_routes(lambda: state["deps"].wallet),
             *federation_routes(lambda: state["deps"].federation),
+            *oidc_routes(lambda: state["deps"].oidc, lambda: state["deps"].trusted_proxies),
             *extra_routes,
         ],
         lifespan=lifespan,

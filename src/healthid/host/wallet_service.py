@@ -553,6 +553,16 @@ class WalletService:
             raise Unauthorized("the device of this session was revoked")
         return state
 
+    async def authenticated(self, session: str) -> tuple[str, Assurance, int]:
+        """Who a fresh device session belongs to, the assurance it carries, and when it was
+        established (for the authorization: consent with a device-key login)."""
+        state = await self._session(session)
+        device = await self._devices.get(state["device_id"])
+        if device is None:
+            raise Unauthorized("the device of this session was revoked")
+        auth_time = int(state["auth_time"])
+        return state["pseudonym"], self._assurance(device, auth_time), auth_time
+
     async def list_devices(self, session: str) -> list[dict[str, Any]]:
         state = await self._session(session)
         return [

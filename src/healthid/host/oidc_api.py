@@ -1,0 +1,118 @@
+"""HTTP routes of the sectoral IdP's OAuth flow: parse, call :class:`OidcService`, render.
+
+``/PAR_Auth`` and ``/token`` sit on the mTLS host (spec §1.1); the client certificate reaches
+us in ``X-SSL-CERT`` from the TLS terminator. Errors are OAuth JSON with their status and
+no-store headers; nothing here renders personal data.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from healthid.host.oidc_service import OidcService, client_certificate
+from healthid.protocol.oauth.authorize import requested_claims
+from healthid.protocol.oauth.errors import InvalidRequestError, OAuthError
+
+MAX_FORM_BYTES = 64 * 1024
+MAX_QUERY_CHARS = 8 * 1024
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+Form = dict[str, list[str]]
+
+
+def _oauth_error(exc: OAuthError) -> JSONResponse:
+    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=NO_STORE)
+
+
+async def _form(request: Request) -> Form:
+    if request.headers.get("content-type", "").split(";")[0].strip() != FORM_TYPE:
+        raise InvalidRequestError(f"the request body must be {FORM_TYPE}")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_FORM_BYTES:
+            raise InvalidRequestError(f"request body larger than {MAX_FORM_BYTES} bytes")
+    try:
+        return parse_qs(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        raise InvalidRequestError("the request body is not UTF-8") from None
+
+
+def _query(request: Request) -> Form:
+    text = request.url.query
+    if len(text) > MAX_QUERY_CHARS:
+        raise InvalidRequestError("query string too long")
+    return parse_qs(text, keep_blank_values=True)
+
+
+def oidc_routes(
+    service: Callable[[], OidcService], trusted_proxies: Callable[[], Collection[str]]
+) -> list[Route]:
+    def guarded(
+        fn: Callable[[Request, OidcService], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def handler(request: Request) -> Response:
+            try:
+                return await fn(request, service())
+            except OAuthError as exc:
+                return _oauth_error(exc)
+
+        return handler
+
+    def cert(request: Request) -> bytes | None:
+        peer = request.client.host if request.client else None
+        return client_certificate(request.headers, peer, trusted_proxies())
+
+    async def par_endpoint(request: Request, svc: OidcService) -> Response:
+        response = await svc.push(await _form(request), cert(request))
+        return JSONResponse(response.to_dict(), status_code=201, headers=NO_STORE)
+
+    async def authorization_endpoint(request: Request, svc: OidcService) -> Response:
+        query = _query(request)
+        pending = await svc.pending(query)
+        if "app_version" in query or "device_type" in query:
+            # the insurer app asks which claims to show for consent (spec §1.1)
+            return JSONResponse(requested_claims(pending), headers=NO_STORE)
+        # the browser: on a phone this URL opens the insurer app (universal / app link)
+        page = (
+            "<!doctype html><html lang='de'><meta charset='utf-8'><title>healthid</title>"
+            "<body><h1>Anmeldung mit Ihrer GesundheitsID</h1>"
+            "<p>Bitte öffnen Sie die App Ihrer Krankenkasse, um sich anzumelden.</p>"
+            f"<p><a href='{html.escape(str(request.url))}'>In der App öffnen</a></p></body></html>"
+        )
+        return HTMLResponse(page, headers=NO_STORE)
+
+    async def consent_endpoint(request: Request, svc: OidcService) -> Response:
+        body: dict[str, Any] = await request.json() if await request.body() else {}
+        selected = body.get("selected_claims", [])
+        if not isinstance(selected, list) or not all(isinstance(c, str) for c in selected):
+            raise InvalidRequestError("selected_claims must be a list of claim names")
+        header = request.headers.get("authorization", "")
+        scheme, _, session = header.partition(" ")
+        location = await svc.authorize_with_device(
+            client_id=str(body.get("client_id", "")),
+            request_uri=str(body.get("request_uri", "")),
+            session=session.strip() if scheme.lower() == "bearer" else "",
+            selected_claims=selected,
+        )
+        return JSONResponse({"redirect": location}, headers=NO_STORE)
+
+    async def token_endpoint(request: Request, svc: OidcService) -> Response:
+        return JSONResponse(
+            await svc.exchange(await _form(request), cert(request)), headers=NO_STORE
+        )
+
+    return [
+        Route("/PAR_Auth", guarded(par_endpoint), methods=["POST"]),
+        Route("/auth", guarded(authorization_endpoint), methods=["GET"]),
+        Route("/wallet/v1/authorizations", guarded(consent_endpoint), methods=["POST"]),
+        Route("/token", guarded(token_endpoint), methods=["POST"]),
+    ]

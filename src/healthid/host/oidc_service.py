@@ -1,0 +1,252 @@
+"""The sectoral IdP's OAuth flow on the host (issue #4 items 3-5): PAR over mTLS, the
+authorization request handed to the insurer app, consent with a device-key login, and the
+token endpoint whose ID token the enclave builds.
+
+State between the steps lives in the ephemeral store, single use where the spec says so: the
+PAR under its request_uri (90 s, consumed by the consent), the code (60 s, consumed by the
+token request). Decisions are the pure core's (``healthid.protocol.oauth``); this module only
+fetches, stores and calls.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import asdict, fields
+from typing import Any, Protocol, TypeVar
+
+from healthid.enclave.api import EnclaveClient, IdTokenRequest
+from healthid.host.federation_api import TOKEN_PURPOSE, FederationPublisher
+from healthid.host.wallet_service import WalletError, WalletService
+from healthid.protocol.federation import ResolvedRelyingParty
+from healthid.protocol.oauth import authorize, par, token
+from healthid.protocol.oauth.client import RegisteredClient
+from healthid.protocol.oauth.errors import (
+    AccessDeniedError,
+    InvalidClientError,
+    InvalidGrantError,
+    InvalidRequestError,
+    OAuthError,
+    ServerError,
+)
+from healthid.protocol.oidc.loa import Assurance
+from healthid.store.ephemeral import EphemeralStore
+from healthid.store.sql.policyholders import PolicyholderRepository
+
+ID_TOKEN_LIFETIME = token.ID_TOKEN_LIFETIME
+ACCESS_TOKEN_BYTES = 32
+
+T = TypeVar("T")
+
+
+class RelyingPartyResolver(Protocol):
+    async def resolve(self, client_id: str) -> ResolvedRelyingParty: ...
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(asdict(value)).encode()
+
+
+def _load(cls: type[T], raw: bytes) -> T:
+    data = json.loads(raw)
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
+
+
+def _assurance_dict(assurance: Assurance) -> dict[str, Any]:
+    return {
+        "acr": assurance.acr,
+        "amr_v1": list(assurance.amr_v1),
+        "amr_v2": list(assurance.amr_v2),
+        "reproof_due_at": assurance.reproof_due_at,
+        "extra_claims_v2": dict(assurance.extra_claims_v2),
+    }
+
+
+def _assurance_from(data: Mapping[str, Any]) -> Assurance:
+    return Assurance(
+        acr=str(data["acr"]),
+        amr_v1=tuple(data["amr_v1"]),
+        amr_v2=tuple(data["amr_v2"]),
+        reproof_due_at=int(data["reproof_due_at"]),
+        extra_claims_v2=dict(data["extra_claims_v2"]),
+    )
+
+
+def registered_client(rp: ResolvedRelyingParty) -> RegisteredClient:
+    return RegisteredClient(
+        client_id=rp.client_id,
+        redirect_uris=rp.redirect_uris,
+        scopes=frozenset(rp.scopes),
+        tls_client_certs=rp.keys.tls_certificates,
+        id_token_versions_supported=rp.id_token_versions_supported,
+    )
+
+
+class OidcService:
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        resolver: RelyingPartyResolver,
+        store: EphemeralStore,
+        wallet: WalletService,
+        enclave: EnclaveClient,
+        policyholders: PolicyholderRepository,
+        publisher: FederationPublisher,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        self._issuer = issuer
+        self._resolver = resolver
+        self._store = store
+        self._wallet = wallet
+        self._enclave = enclave
+        self._policyholders = policyholders
+        self._publisher = publisher
+        self._clock = clock
+        self._rng = rng
+
+    def _now(self) -> int:
+        return int(self._clock())
+
+    async def _client(self, client_id: str) -> ResolvedRelyingParty:
+        try:
+            return await self._resolver.resolve(client_id)
+        except OAuthError:
+            raise
+        except Exception as exc:  # the registry's own error type; its message is safe
+            raise InvalidClientError(f"relying party not registered: {exc}") from None
+
+    # -- PAR (RFC 9126, spec §2 step 2) -----------------------------------------------------
+    async def push(
+        self, form: Mapping[str, Sequence[str]], client_cert: bytes | None
+    ) -> par.ParResponse:
+        params = par.parse_par(form)  # everything that needs no RP metadata, in gsi order
+        rp = await self._client(params.client_id)
+        request = par.validate_par(
+            form, client=registered_client(rp), client_cert=client_cert, now=self._now()
+        )
+        request_uri = par.new_request_uri(self._rng)
+        await self._store.put(f"par:{request_uri}", _dump(request), par.REQUEST_URI_TTL)
+        return par.ParResponse(request_uri=request_uri)
+
+    # -- authorization (spec §2 steps 3-5) --------------------------------------------------
+    async def pending(self, query: Mapping[str, Sequence[str]]) -> par.ParRequest:
+        """The PAR behind ``authorization_endpoint?client_id&request_uri`` (not consumed)."""
+        request = authorize.parse_authorization_request(query)
+        raw = await self._store.get(f"par:{request.request_uri}")
+        stored = None if raw is None else _load(par.ParRequest, raw)
+        return authorize.check_authorization_request(request, stored, now=self._now())
+
+    async def authorize_with_device(
+        self, *, client_id: str, request_uri: str, session: str, selected_claims: Collection[str]
+    ) -> str:
+        """The insurer app's answer: consent + a fresh device-key login. Returns the Location."""
+        query = {"client_id": [client_id], "request_uri": [request_uri]}
+        request = authorize.parse_authorization_request(query)
+        raw = await self._store.consume(f"par:{request.request_uri}")  # single use
+        stored = None if raw is None else _load(par.ParRequest, raw)
+        pending = authorize.check_authorization_request(request, stored, now=self._now())
+        try:
+            pseudonym, assurance, auth_time = await self._wallet.authenticated(session)
+        except WalletError as exc:
+            return authorize.error_redirect(pending, AccessDeniedError(exc.description))
+        try:
+            given = authorize.consent(pending, selected_claims)
+            authorize.check_assurance(pending, assurance)
+        except OAuthError as exc:
+            if not exc.redirectable:
+                raise
+            return authorize.error_redirect(pending, exc)
+        location, issued = authorize.issue_code(
+            pending, consent=given, now=self._now(), rng=self._rng
+        )
+        record = {
+            "issued": asdict(issued),
+            "pseudonym": pseudonym,
+            "assurance": _assurance_dict(assurance),
+            "auth_time": auth_time,
+        }
+        await self._store.put(
+            f"code:{issued.code}", json.dumps(record).encode(), authorize.AUTHORIZATION_CODE_TTL
+        )
+        return location
+
+    # -- token (spec §2 steps 6-7) ----------------------------------------------------------
+    async def exchange(
+        self, form: Mapping[str, Sequence[str]], client_cert: bytes | None
+    ) -> dict[str, Any]:
+        request = token.parse_token_request(form)
+        raw = await self._store.consume(f"code:{request.code}")  # single use, atomic
+        record = None if raw is None else json.loads(raw)
+        issued = (
+            None
+            if record is None
+            else _load(authorize.IssuedCode, json.dumps(record["issued"]).encode())
+        )
+        rp = await self._client(request.client_id)
+        grant = token.redeem_code(
+            request, issued, client=registered_client(rp), client_cert=client_cert, now=self._now()
+        )
+        if record is None:  # redeem_code refuses an unknown code; this keeps the types honest
+            raise InvalidGrantError("unknown code")
+        if rp.keys.encryption_jwk is None:
+            raise InvalidClientError("the relying party publishes no encryption key (use: enc)")
+        sealed = await self._policyholders.get(record["pseudonym"])
+        if sealed is None or sealed.wrapped_key is None:
+            raise InvalidGrantError("the account behind this code no longer exists")
+        token_key = await self._publisher.token_ring.active(TOKEN_PURPOSE)
+        assurance = _assurance_from(record["assurance"])
+        try:
+            id_token = await self._enclave.mint_id_token(
+                IdTokenRequest(
+                    sealed=sealed,
+                    issuer=self._issuer,
+                    grant=grant,
+                    assurance=assurance,
+                    auth_time=int(record["auth_time"]),
+                    kid=token_key.kid,
+                    x5c=tuple(self._publisher.token_x5c(dict(token_key.public_jwk))),
+                    rp_encryption_jwk=dict(rp.keys.encryption_jwk),
+                )
+            )
+        except ValueError:
+            raise ServerError("the ID token could not be built") from None
+        return {
+            "id_token": id_token,
+            # RFC 6749 §5.1 requires one; no resource server accepts it (spec §2 step 7)
+            "access_token": base64.urlsafe_b64encode(self._rng(ACCESS_TOKEN_BYTES))
+            .rstrip(b"=")
+            .decode(),
+            "token_type": "Bearer",
+            "expires_in": ID_TOKEN_LIFETIME,
+        }
+
+
+def client_certificate(
+    headers: Mapping[str, str], peer: str | None, trusted_proxies: Collection[str]
+) -> bytes | None:
+    """The mTLS client certificate (DER) forwarded by the TLS terminator in ``X-SSL-CERT``
+    (URL-encoded PEM) — believed only from a configured trusted proxy address."""
+    from urllib.parse import unquote
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    value = headers.get("x-ssl-cert")
+    if not value or peer is None or peer not in trusted_proxies:
+        return None
+    if len(value) > MAX_CERT_HEADER_CHARS:
+        raise InvalidRequestError("client certificate header too large")
+    try:
+        cert = x509.load_pem_x509_certificate(unquote(value).encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raise InvalidRequestError("client certificate header is not a PEM certificate") from None
+    return cert.public_bytes(Encoding.DER)
+
+
+MAX_CERT_HEADER_CHARS = 16 * 1024

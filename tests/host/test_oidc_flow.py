@@ -1,0 +1,346 @@
+"""The sectoral IdP flow end to end (issue #4): PAR over mTLS, the insurer app's consent with a
+device-key login, the code, the token request, and the RP decrypting and verifying the ID token.
+
+The relying party's trust chain is resolved by a stub here (the federation resolver has its
+own tests); everything else is the real app on SQLite and on PostgreSQL + Redis.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import parse_qs, quote, urlsplit
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from starlette.testclient import TestClient
+
+from healthid.demo.egk_test_ca import TestEgkCa
+from healthid.demo.synthetic import synthetic_rows, write_registry
+from healthid.protocol.federation import ResolvedRelyingParty
+from healthid.protocol.federation.trust_chain import RelyingPartyKeys
+from healthid.protocol.jose import decrypt_id_token, public_jwk, verify_compact
+from healthid.protocol.jose.jws import TYP_ID_TOKEN, TYP_SIGNED_JWKS
+from healthid.runtime import EGK_TEST_CA_DIR, build_app
+from healthid.settings import Settings, load_settings
+from healthid.wallet.client import WalletClient
+
+IDP = "http://testserver"
+RP = "https://rp.example"
+REDIRECT = "https://rp.example/callback"
+ROWS = list(synthetic_rows(6, seed=17))
+SCOPES = "openid urn:telematik:versicherter urn:telematik:display_name urn:telematik:alter"
+
+
+class FakeRp:
+    """A relying party: its self-signed TLS certificate and its encryption key."""
+
+    def __init__(self) -> None:
+        self.tls_key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rp.example")])
+        now = datetime.now(UTC)
+        self.tls_cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.tls_key.public_key())
+            .serial_number(1)
+            .not_valid_before(now - timedelta(hours=1))
+            .not_valid_after(now + timedelta(days=1))
+            .sign(self.tls_key, hashes.SHA256())
+        )
+        self.enc_key = ec.generate_private_key(ec.SECP256R1())
+
+    def resolved(self) -> ResolvedRelyingParty:
+        enc = public_jwk(self.enc_key.public_key(), kid="puk_fd_enc", use="enc")
+        return ResolvedRelyingParty(
+            client_id=RP,
+            expires_at=2**31,
+            redirect_uris=(REDIRECT,),
+            scopes=tuple(SCOPES.split()),
+            federation_jwks={"keys": []},
+            jwks=None,
+            signed_jwks_uri=None,
+            keys=RelyingPartyKeys(
+                tls_certificates=(self.tls_cert.public_bytes(serialization.Encoding.DER),),
+                encryption_jwk=enc,
+            ),
+            id_token_versions_supported=("1.0.0", "2.0.0"),
+            metadata={},
+        )
+
+    def cert_header(self) -> dict[str, str]:
+        pem = self.tls_cert.public_bytes(serialization.Encoding.PEM).decode()
+        return {"X-SSL-CERT": quote(pem)}
+
+
+class StubResolver:
+    def __init__(self, rp: FakeRp) -> None:
+        self.rp = rp
+
+    async def resolve(self, client_id: str) -> ResolvedRelyingParty:
+        if client_id != RP:
+            raise ValueError("unknown relying party")
+        return self.rp.resolved()
+
+
+@pytest.fixture(params=["embedded", "postgres+redis"])
+def settings(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    for name in list(os.environ):
+        if name.startswith("HEALTHID_"):
+            monkeypatch.delenv(name)
+    overrides: dict[str, object] = {
+        "data_dir": tmp_path / "data",
+        "enclave_workers": 1,
+        "trusted_proxies": ["testclient"],
+    }
+    if request.param == "postgres+redis":
+        overrides["database_url"] = request.getfixturevalue("pg_url")
+        overrides["redis_url"] = request.getfixturevalue("redis_url")
+        overrides["redis_prefix"] = request.getfixturevalue("redis_prefix")
+    return load_settings(**overrides)
+
+
+@pytest.fixture
+def rp() -> FakeRp:
+    return FakeRp()
+
+
+@pytest.fixture
+def client(settings: Settings, rp: FakeRp) -> Iterator[TestClient]:
+    import asyncio
+
+    from healthid.host.registry_import import import_registry
+    from healthid.runtime import open_runtime
+
+    buf = io.StringIO()
+    write_registry(buf, 6, seed=17)
+
+    async def load() -> None:
+        runtime = await open_runtime(settings)
+        try:
+            assert (
+                await import_registry(
+                    runtime.enclave,
+                    runtime.policyholders,
+                    buf.getvalue().encode(),
+                    filename="r.csv",
+                )
+            ).ok
+        finally:
+            await runtime.aclose()
+
+    asyncio.run(load())
+    with TestClient(build_app(settings, resolver=StubResolver(rp)), base_url=IDP) as c:
+        yield c
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    )
+    return verifier, challenge
+
+
+def par_form(challenge: str, **extra: str) -> dict[str, str]:
+    return {
+        "client_id": RP,
+        "state": "st-123",
+        "redirect_uri": REDIRECT,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "response_type": "code",
+        "nonce": "n-456",
+        "scope": SCOPES,
+        "acr_values": "gematik-ehealth-loa-substantial",
+        **extra,
+    }
+
+
+def enrolled_wallet(
+    client: TestClient, settings: Settings, tmp_path: Path, row: dict[str, str]
+) -> WalletClient:
+    card = TestEgkCa.create(settings.data_dir / EGK_TEST_CA_DIR).issue_card(
+        row["kvnr"], row["ik"], row["given_name"], row["family_name"]
+    )
+    wallet = WalletClient(IDP, tmp_path / f"w-{row['kvnr']}", http=client)
+    wallet.enroll_with_egk(card)
+    return wallet
+
+
+def test_full_flow_issues_an_encrypted_id_token_the_rp_can_verify(
+    client: TestClient, settings: Settings, rp: FakeRp, tmp_path: Path
+) -> None:
+    person = ROWS[1]
+    wallet = enrolled_wallet(client, settings, tmp_path, person)
+    verifier, challenge = pkce()
+    pushed = client.post(f"{IDP}/PAR_Auth", data=par_form(challenge), headers=rp.cert_header())
+    assert pushed.status_code == 201, pushed.text
+    assert pushed.headers["cache-control"] == "no-store"
+    request_uri = pushed.json()["request_uri"]
+    assert pushed.json()["expires_in"] == 90
+
+    claims = client.get(
+        f"{IDP}/auth", params={"client_id": RP, "request_uri": request_uri, "app_version": "1"}
+    ).json()
+    assert "urn:telematik:claims:id" in claims["requested_optional_claims"] + claims.get(
+        "requested_essential_claims", []
+    )
+
+    session = wallet.login().session
+    chosen = ["urn:telematik:claims:id", "urn:telematik:claims:display_name"]
+    consent = client.post(
+        f"{IDP}/wallet/v1/authorizations",
+        json={"client_id": RP, "request_uri": request_uri, "selected_claims": chosen},
+        headers={"Authorization": f"Bearer {session}"},
+    )
+    assert consent.status_code == 200, consent.text
+    location = urlsplit(consent.json()["redirect"])
+    query = parse_qs(location.query)
+    assert f"{location.scheme}://{location.netloc}{location.path}" == REDIRECT
+    assert query["state"] == ["st-123"]
+    code = query["code"][0]
+
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "code_verifier": verifier,
+        "client_id": RP,
+        "redirect_uri": REDIRECT,
+    }
+    issued = client.post(f"{IDP}/token", data=form, headers=rp.cert_header())
+    assert issued.status_code == 200, issued.text
+    body = issued.json()
+    assert body["token_type"] == "Bearer" and body["expires_in"] == 300
+
+    # the RP: decrypt with its enc key, verify with the IdP's signed JWKS
+    config_jwt = client.get(f"{IDP}/.well-known/openid-federation").text
+    config_claims = json.loads(base64.urlsafe_b64decode(config_jwt.split(".")[1] + "=="))
+    signed_jwks = verify_compact(
+        client.get(f"{IDP}/jws.json").text, jwks=config_claims["jwks"], typ=TYP_SIGNED_JWKS
+    )
+    inner = decrypt_id_token(body["id_token"], private_key=rp.enc_key)
+    token = verify_compact(
+        inner, jwks={"keys": signed_jwks.claims["keys"]}, typ=TYP_ID_TOKEN
+    ).claims
+    assert token["aud"] == RP and token["nonce"] == "n-456"
+    assert token["iss"] == settings.public_url == config_claims["iss"]
+    assert token["exp"] - token["iat"] == 300
+    assert token["urn:telematik:claims:id"] == person["kvnr"]
+    assert (
+        token["urn:telematik:claims:display_name"]
+        == f"{person['given_name']} {person['family_name']}"
+    )
+    assert "urn:telematik:claims:alter" not in token  # requested but not consented
+    assert token["acr"] == "gematik-ehealth-loa-substantial" and isinstance(token["amr"], list)
+    assert person["kvnr"] not in token["sub"]
+
+    # the code is single use
+    again = client.post(f"{IDP}/token", data=form, headers=rp.cert_header())
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+
+
+def test_pairwise_sub_is_stable_per_rp(
+    client: TestClient, settings: Settings, rp: FakeRp, tmp_path: Path
+) -> None:
+    wallet = enrolled_wallet(client, settings, tmp_path, ROWS[2])
+    subs = []
+    for _ in range(2):
+        verifier, challenge = pkce()
+        request_uri = client.post(
+            f"{IDP}/PAR_Auth", data=par_form(challenge), headers=rp.cert_header()
+        ).json()["request_uri"]
+        session = wallet.login().session
+        location = client.post(
+            f"{IDP}/wallet/v1/authorizations",
+            json={"client_id": RP, "request_uri": request_uri, "selected_claims": []},
+            headers={"Authorization": f"Bearer {session}"},
+        ).json()["redirect"]
+        code = parse_qs(urlsplit(location).query)["code"][0]
+        body = client.post(
+            f"{IDP}/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "code_verifier": verifier,
+                "client_id": RP,
+                "redirect_uri": REDIRECT,
+            },
+            headers=rp.cert_header(),
+        ).json()
+        token = json.loads(
+            base64.urlsafe_b64decode(
+                decrypt_id_token(body["id_token"], private_key=rp.enc_key).split(".")[1] + "=="
+            )
+        )
+        subs.append(token["sub"])
+    assert subs[0] == subs[1]
+
+
+def test_par_without_the_registered_client_certificate_is_refused(
+    client: TestClient, rp: FakeRp
+) -> None:
+    _, challenge = pkce()
+    other = FakeRp()
+    resp = client.post(f"{IDP}/PAR_Auth", data=par_form(challenge), headers=other.cert_header())
+    assert resp.status_code == 401 and resp.json()["error"] == "unauthorized_client"
+    missing = client.post(f"{IDP}/PAR_Auth", data=par_form(challenge))
+    assert missing.status_code == 400
+
+
+def test_par_refuses_plain_pkce_and_unknown_clients(client: TestClient, rp: FakeRp) -> None:
+    _, challenge = pkce()
+    plain = client.post(
+        f"{IDP}/PAR_Auth",
+        data=par_form(challenge, code_challenge_method="plain"),
+        headers=rp.cert_header(),
+    )
+    assert plain.status_code == 400 and plain.json()["error"] == "invalid_request"
+    stranger = client.post(
+        f"{IDP}/PAR_Auth",
+        data={**par_form(challenge), "client_id": "https://evil.example"},
+        headers=rp.cert_header(),
+    )
+    assert stranger.status_code in (400, 401) and stranger.json()["error"] in (
+        "invalid_client",
+        "invalid_request",
+    )
+
+
+def test_consent_without_a_device_login_is_redirected_as_access_denied(
+    client: TestClient, rp: FakeRp
+) -> None:
+    _, challenge = pkce()
+    request_uri = client.post(
+        f"{IDP}/PAR_Auth", data=par_form(challenge), headers=rp.cert_header()
+    ).json()["request_uri"]
+    resp = client.post(
+        f"{IDP}/wallet/v1/authorizations",
+        json={"client_id": RP, "request_uri": request_uri, "selected_claims": []},
+    )
+    assert resp.status_code == 200
+    query = parse_qs(urlsplit(resp.json()["redirect"]).query)
+    assert query["error"] == ["access_denied"] and query["state"] == ["st-123"]
+
+
+def test_client_certificate_header_from_an_untrusted_address_is_ignored(
+    settings: Settings, rp: FakeRp, tmp_path: Path
+) -> None:
+    from healthid.host.oidc_service import client_certificate
+
+    pem = quote(rp.tls_cert.public_bytes(serialization.Encoding.PEM).decode())
+    assert client_certificate({"x-ssl-cert": pem}, "203.0.113.5", ["127.0.0.1"]) is None
+    assert client_certificate({"x-ssl-cert": pem}, "127.0.0.1", ["127.0.0.1"]) is not None
