@@ -344,3 +344,26 @@ def test_client_certificate_header_from_an_untrusted_address_is_ignored(
     pem = quote(rp.tls_cert.public_bytes(serialization.Encoding.PEM).decode())
     assert client_certificate({"x-ssl-cert": pem}, "203.0.113.5", ["127.0.0.1"]) is None
     assert client_certificate({"x-ssl-cert": pem}, "127.0.0.1", ["127.0.0.1"]) is not None
+
+
+def test_wallet_authorize_plays_the_insurer_app_for_an_authorization_url(
+    client: TestClient, settings: Settings, rp: FakeRp, tmp_path: Path
+) -> None:
+    wallet = enrolled_wallet(client, settings, tmp_path, ROWS[3])
+    _, challenge = pkce()
+    request_uri = client.post(
+        f"{IDP}/PAR_Auth", data=par_form(challenge), headers=rp.cert_header()
+    ).json()["request_uri"]
+    url = f"{IDP}/auth?client_id={quote(RP, safe='')}&request_uri={quote(request_uri, safe='')}"
+    location = wallet.authorize(url, claims=["urn:telematik:claims:id"])
+    query = parse_qs(urlsplit(location).query)
+    assert (
+        location.startswith(REDIRECT)
+        and query["state"] == ["st-123"]
+        and len(query["code"][0]) >= 32
+    )
+    # the request_uri is spent: the same URL cannot be authorised twice
+    from healthid.wallet.client import WalletClientError
+
+    with pytest.raises(WalletClientError):
+        wallet.authorize(url)

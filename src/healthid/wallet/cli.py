@@ -175,3 +175,27 @@ def revoke(ctx: click.Context, device_id: str) -> None:
         _fail(exc)
         return
     click.echo(f"revoked {device_id}")
+
+
+@wallet.command("authorize")
+@click.argument("url")
+@click.option(
+    "--claim",
+    "claims",
+    multiple=True,
+    help="Consent to this claim only (repeatable); default: every requested claim.",
+)
+@click.pass_context
+def authorize(ctx: click.Context, url: str, claims: tuple[str, ...]) -> None:
+    """Log in at a relying party: URL is the IdP's authorization URL (client_id, request_uri).
+
+    Prints the redirect back to the relying party, with the code.
+    """
+    try:
+        location = _client(ctx).authorize(url, claims=list(claims) or None)
+    except WalletClientError as exc:
+        _fail(exc)
+        return
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="URL") from None
+    click.echo(location)

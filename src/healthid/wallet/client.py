@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -28,6 +29,7 @@ STATE_FILE = "state.json"
 SOFTWARE_FORMAT = "healthid-software"
 DEFAULT_APP_ID = "de.healthid.wallet.dev"
 EID_POLLS = 10  # getResult attempts after the eID client finished
+APP_VERSION = "1.0.0"  # what the app reports when it fetches the claims to consent to
 
 
 class WalletClientError(Exception):
@@ -230,6 +232,37 @@ class WalletClient:
         return Login(
             session=result["session"], acr=result["acr"], amr=result["amr"], device_id=device_id
         )
+
+    def authorize(self, url: str, *, claims: Collection[str] | None = None) -> str:
+        """Play the insurer app for an authorization URL of the IdP (``/auth?client_id&
+        request_uri``): fetch the claims to consent to, log in with the device key, consent
+        (to ``claims``, or to every requested claim), and return the redirect to the RP."""
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        client_id = (query.get("client_id") or [""])[0]
+        request_uri = (query.get("request_uri") or [""])[0]
+        if not client_id or not request_uri:
+            raise ValueError("not an authorization URL: client_id and request_uri are missing")
+        base = f"{parts.scheme}://{parts.netloc}"
+        params = {"client_id": client_id, "request_uri": request_uri, "app_version": APP_VERSION}
+        asked = self._check(self._http.get(f"{base}{parts.path}?{urlencode(params)}"))
+        requested = list(asked.get("requested_essential_claims", [])) + list(
+            asked.get("requested_optional_claims", [])
+        )
+        chosen = requested if claims is None else list(claims)
+        session = self.login().session
+        answer = self._check(
+            self._http.post(
+                f"{base}/wallet/v1/authorizations",
+                json={
+                    "client_id": client_id,
+                    "request_uri": request_uri,
+                    "selected_claims": chosen,
+                },
+                headers={"Authorization": f"Bearer {session}"},
+            )
+        )
+        return str(answer["redirect"])
 
     def devices(self) -> list[dict[str, Any]]:
         session = self.login().session
