@@ -31,7 +31,18 @@ def run(*args: str) -> tuple[int, str, str]:
 def test_help_lists_every_command() -> None:
     code, out, _ = run("--help")
     assert code == 0
-    for command in ("serve", "config", "db", "registry", "keys", "enclave"):
+    for command in (
+        "serve",
+        "config",
+        "db",
+        "registry",
+        "keys",
+        "enclave",
+        "wallet",
+        "fedmaster",
+        "eid-standin",
+        "egk-test-ca",
+    ):
         assert command in out
     code, out, _ = run("registry", "--help")
     for command in ("import", "generate", "verify", "count"):

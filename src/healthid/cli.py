@@ -439,6 +439,38 @@ def keys_jwks(purpose: str) -> None:
 
 
 # -- development helpers ------------------------------------------------------------------
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8081, show_default=True)
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML (or .json) listing the members: entity ids, their JWKS, imposed metadata.",
+)
+def fedmaster(host: str, port: int, config_path: Path) -> None:
+    """Development only: a local federation master with a TEST-ONLY key (DATA_DIR/fedmaster)."""
+    from healthid.demo.fedmaster import FedmasterRefused, run_fedmaster
+    from healthid.demo.fedmaster_config import FedmasterConfigError
+
+    settings = _settings()
+    if not settings.development:
+        click.echo("healthid: fedmaster is for development mode only", err=True)
+        sys.exit(2)
+    try:
+        run_fedmaster(
+            host,
+            port,
+            config_path,
+            settings.data_dir / "fedmaster",
+            production=not settings.development,
+        )
+    except (FedmasterRefused, FedmasterConfigError) as exc:
+        click.echo(f"healthid: {exc}", err=True)
+        sys.exit(2)
+
+
 @main.command("eid-standin")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8090, show_default=True)

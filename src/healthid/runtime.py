@@ -7,6 +7,7 @@ runs in-process (``tee: simulated``).
 from __future__ import annotations
 
 import base64
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +29,9 @@ from healthid.enclave.vault import Vault
 from healthid.host.app import HostDeps, create_app
 from healthid.host.attestation import AttestationPolicy
 from healthid.host.federation_api import SIGNED_JWKS_PATH, FederationPublisher
+from healthid.host.fetch import GuardedFetcher
 from healthid.host.oidc_service import OidcService, RelyingPartyResolver
+from healthid.host.relying_parties import RelyingPartyRegistry
 from healthid.host.wallet_service import WalletService
 from healthid.keys.base import SigningKeyStore
 from healthid.keys.file import FileKeyStore
@@ -295,6 +298,17 @@ async def open_runtime(settings: Settings, *, migrate: bool | None = None) -> Ru
     )
 
 
+def pinned_master_jwks(path: Path) -> dict[str, Any]:
+    """The federation master's pinned key(s): a JWKS or a single JWK file."""
+    try:
+        pinned = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"HEALTHID_FEDMASTER_JWKS_FILE: {path} is not a JWK/JWKS file") from exc
+    if not isinstance(pinned, dict):
+        raise StartupError(f"HEALTHID_FEDMASTER_JWKS_FILE: {path} is not a JWK/JWKS file")
+    return pinned if "keys" in pinned else {"keys": [pinned]}
+
+
 class _UnconfiguredFederation:
     async def resolve(self, client_id: str) -> ResolvedRelyingParty:
         raise InvalidClientError("relying parties cannot be resolved: no federation configured")
@@ -308,17 +322,29 @@ def build_app(
 ) -> Starlette:
     """The host ASGI app for ``healthid serve``; stores open in the app's lifespan."""
     holder: list[Runtime] = []
+    fetchers: list[GuardedFetcher] = []
 
     async def deps() -> HostDeps:
         rt = await open_runtime(settings)
         holder.append(rt)
+        registry = None
+        if resolver is None and settings.fedmaster_url and settings.fedmaster_jwks_file:
+            fetcher = GuardedFetcher(development=settings.development)
+            fetchers.append(fetcher)
+            registry = RelyingPartyRegistry(
+                fetcher,
+                rt.ephemeral,
+                master_entity_id=settings.fedmaster_url,  # exactly the master's iss
+                master_jwks=pinned_master_jwks(settings.fedmaster_jwks_file),
+                clock=time.time,
+            )
         if settings.development:
             await rt.ensure_keys()
         wallet = rt.wallet_service()
         publisher = rt.federation_publisher()
         oidc = OidcService(
             issuer=settings.public_url.rstrip("/"),
-            resolver=resolver or _UnconfiguredFederation(),
+            resolver=resolver or registry or _UnconfiguredFederation(),
             store=rt.ephemeral,
             wallet=wallet,
             enclave=rt.enclave,
@@ -338,6 +364,8 @@ def build_app(
         )
 
     async def close() -> None:
+        while fetchers:
+            await fetchers.pop().aclose()
         while holder:
             await holder.pop().aclose()
 

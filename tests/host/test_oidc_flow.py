@@ -90,7 +90,9 @@ class StubResolver:
 
     async def resolve(self, client_id: str) -> ResolvedRelyingParty:
         if client_id != RP:
-            raise ValueError("unknown relying party")
+            from healthid.host.relying_parties import RelyingPartyError
+
+            raise RelyingPartyError("unknown relying party", reason="not_vouched")
         return self.rp.resolved()
 
 

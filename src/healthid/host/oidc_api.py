@@ -18,7 +18,12 @@ from starlette.routing import Route
 
 from healthid.host.oidc_service import OidcService, client_certificate
 from healthid.protocol.oauth.authorize import requested_claims
-from healthid.protocol.oauth.errors import InvalidRequestError, OAuthError
+from healthid.protocol.oauth.errors import (
+    InvalidRequestError,
+    OAuthError,
+    TemporarilyUnavailableError,
+)
+from healthid.store.ephemeral import EphemeralStoreUnavailable
 
 MAX_FORM_BYTES = 64 * 1024
 MAX_QUERY_CHARS = 8 * 1024
@@ -64,6 +69,9 @@ def oidc_routes(
                 return await fn(request, service())
             except OAuthError as exc:
                 return _oauth_error(exc)
+            except EphemeralStoreUnavailable:
+                # fail closed: without the flow store nothing is issued (issue #7 item 2)
+                return _oauth_error(TemporarilyUnavailableError("please try again later"))
 
         return handler
 

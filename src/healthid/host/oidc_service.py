@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from healthid.enclave.api import EnclaveClient, IdTokenRequest
 from healthid.host.federation_api import TOKEN_PURPOSE, FederationPublisher
+from healthid.host.relying_parties import RelyingPartyError
 from healthid.host.wallet_service import WalletError, WalletService
 from healthid.protocol.federation import ResolvedRelyingParty
 from healthid.protocol.oauth import authorize, par, token
@@ -31,6 +32,7 @@ from healthid.protocol.oauth.errors import (
     InvalidRequestError,
     OAuthError,
     ServerError,
+    TemporarilyUnavailableError,
 )
 from healthid.protocol.oidc.loa import Assurance
 from healthid.store.ephemeral import EphemeralStore
@@ -38,6 +40,7 @@ from healthid.store.sql.policyholders import PolicyholderRepository
 
 ID_TOKEN_LIFETIME = token.ID_TOKEN_LIFETIME
 ACCESS_TOKEN_BYTES = 32
+SERVER_SIDE_REASONS = frozenset({"unreachable", "master_unusable"})
 
 T = TypeVar("T")
 
@@ -116,9 +119,11 @@ class OidcService:
     async def _client(self, client_id: str) -> ResolvedRelyingParty:
         try:
             return await self._resolver.resolve(client_id)
-        except OAuthError:
-            raise
-        except Exception as exc:  # the registry's own error type; its message is safe
+        except RelyingPartyError as exc:
+            if exc.reason in SERVER_SIDE_REASONS:  # not the client's fault: try again later
+                raise TemporarilyUnavailableError(
+                    f"relying party cannot be resolved: {exc}"
+                ) from None
             raise InvalidClientError(f"relying party not registered: {exc}") from None
 
     # -- PAR (RFC 9126, spec §2 step 2) -----------------------------------------------------

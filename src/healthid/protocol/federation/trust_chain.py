@@ -218,13 +218,17 @@ def resolve_relying_party(
     master_entity_id: str,
     master_jwks: Mapping[str, Any],
     now: int,
+    allow_http: bool = False,
 ) -> ResolvedRelyingParty:
     """Verify the two-statement chain RP → master and return the RP's effective metadata.
+
+    ``allow_http`` admits http entity identifiers: development only (a loopback federation
+    has no TLS, DESIGN.md).
 
     Raises :class:`~healthid.protocol.jose.errors.JoseError` (signature, key, typ, lifetime) or
     :class:`~healthid.protocol.federation.errors.FederationError` (chain consistency, metadata).
     """
-    if not client_id.startswith("https://"):
+    if not client_id.startswith(("https://", "http://") if allow_http else ("https://",)):
         raise SubjectMismatch("client_id is not an https entity identifier")
     superior, vouched = _verify_subordinate(
         subordinate_statement,
