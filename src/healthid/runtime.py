@@ -32,7 +32,7 @@ from healthid.host.federation_api import SIGNED_JWKS_PATH, FederationPublisher
 from healthid.host.fetch import GuardedFetcher
 from healthid.host.oidc_service import OidcService, RelyingPartyResolver
 from healthid.host.relying_parties import RelyingPartyRegistry
-from healthid.host.wallet_service import WalletService
+from healthid.host.wallet_service import DEVICE_SESSION_TTL, WalletService
 from healthid.keys.base import SigningKeyStore
 from healthid.keys.file import FileKeyStore
 from healthid.keys.rotation import KeyRing
@@ -245,6 +245,7 @@ class Runtime:
             devices=self.devices,
             ephemeral=self.ephemeral,
             attestation=attestation_policy(self.settings),
+            session_ttl=max(DEVICE_SESSION_TTL, self.settings.sso_window),
         )
 
     def key_ring(self, purpose: str) -> KeyRing:
@@ -350,6 +351,7 @@ def build_app(
             enclave=rt.enclave,
             policyholders=rt.policyholders,
             publisher=publisher,
+            sso_window=settings.sso_window,
         )
         return HostDeps(
             mode=settings.mode.value,

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     # The eID-Server (BSI TR-03130 eID-Interface); development default: `healthid eid-standin`.
     eid_server_url: str | None = None
     public_url: str = "http://127.0.0.1:8080"
+    # Single sign-on: a device login this many seconds old may authorise further relying
+    # parties without a new login (reported as amr sso / interactive: silent). 0: off.
+    sso_window: int = Field(default=0, ge=0, le=12 * 60 * 60)
     # Addresses of the TLS terminators whose X-SSL-CERT header (the mTLS client certificate)
     # we believe; requests from anywhere else never carry a client certificate.
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])

@@ -369,3 +369,93 @@ def test_wallet_authorize_plays_the_insurer_app_for_an_authorization_url(
 
     with pytest.raises(WalletClientError):
         wallet.authorize(url)
+
+
+def _id_token_for(
+    client: TestClient, rp: FakeRp, wallet: WalletClient, form_extra: dict[str, str]
+) -> dict[str, object] | list[str]:
+    verifier, challenge = pkce()
+    request_uri = client.post(
+        f"{IDP}/PAR_Auth", data=par_form(challenge, **form_extra), headers=rp.cert_header()
+    ).json()["request_uri"]
+    session = wallet.login().session
+    location = client.post(
+        f"{IDP}/wallet/v1/authorizations",
+        json={"client_id": RP, "request_uri": request_uri, "selected_claims": []},
+        headers={"Authorization": f"Bearer {session}"},
+    ).json()["redirect"]
+    query = parse_qs(urlsplit(location).query)
+    if "error" in query:
+        return query["error"]
+    body = client.post(
+        f"{IDP}/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": query["code"][0],
+            "code_verifier": verifier,
+            "client_id": RP,
+            "redirect_uri": REDIRECT,
+        },
+        headers=rp.cert_header(),
+    ).json()
+    return dict(
+        json.loads(
+            base64.urlsafe_b64decode(
+                decrypt_id_token(body["id_token"], private_key=rp.enc_key).split(".")[1] + "=="
+            )
+        )
+    )
+
+
+def test_an_older_device_login_outside_the_sso_window_is_refused(
+    client: TestClient,
+    settings: Settings,
+    rp: FakeRp,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import healthid.host.oidc_service as oidc
+
+    wallet = enrolled_wallet(client, settings, tmp_path, ROWS[4])
+    monkeypatch.setattr(oidc, "FRESH_LOGIN_SECONDS", -1)  # every login counts as older
+    assert _id_token_for(client, rp, wallet, {}) == ["access_denied"]  # sso_window = 0: off
+
+
+@pytest.mark.parametrize("settings", ["embedded"], indirect=True)
+def test_single_sign_on_is_reported_per_id_token_version(
+    settings: Settings, rp: FakeRp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import healthid.host.oidc_service as oidc
+
+    sso = settings.model_copy(update={"sso_window": 600})
+    with TestClient(build_app(sso, resolver=StubResolver(rp)), base_url=IDP) as client:
+        import asyncio
+
+        from healthid.host.registry_import import import_registry
+        from healthid.runtime import open_runtime
+
+        buf = io.StringIO()
+        write_registry(buf, 6, seed=17)
+
+        async def load() -> None:
+            runtime = await open_runtime(sso)
+            try:
+                await import_registry(
+                    runtime.enclave,
+                    runtime.policyholders,
+                    buf.getvalue().encode(),
+                    filename="r.csv",
+                )
+            finally:
+                await runtime.aclose()
+
+        asyncio.run(load())
+        wallet = enrolled_wallet(client, sso, tmp_path, ROWS[5])
+        monkeypatch.setattr(oidc, "FRESH_LOGIN_SECONDS", -1)
+        v1 = _id_token_for(client, rp, wallet, {})
+        assert isinstance(v1, dict)
+        # the RP supports 1.0.0 and 2.0.0: the highest common version is 2.0.0
+        assert (
+            v1["amr"] == ["urn:telematik:auth:other"]
+            and v1["urn:telematik:auth:interactive"] == "silent"
+        )

@@ -34,13 +34,29 @@ from healthid.protocol.oauth.errors import (
     ServerError,
     TemporarilyUnavailableError,
 )
-from healthid.protocol.oidc.loa import Assurance
+from healthid.protocol.oidc.loa import AMR_SSO, Assurance
 from healthid.store.ephemeral import EphemeralStore
 from healthid.store.sql.policyholders import PolicyholderRepository
 
 ID_TOKEN_LIFETIME = token.ID_TOKEN_LIFETIME
 ACCESS_TOKEN_BYTES = 32
 SERVER_SIDE_REASONS = frozenset({"unreachable", "master_unusable"})
+# A device login younger than this counts as the login for this authorisation; an older one
+# (within the SSO window) is single sign-on.
+FRESH_LOGIN_SECONDS = 120
+
+
+def single_sign_on(assurance: Assurance) -> Assurance:
+    """The assurance of a silent SSO login (spec §6.2: amr sso in v1; v2 maps it to other
+    and adds interactive: silent)."""
+    return Assurance(
+        acr=assurance.acr,
+        amr_v1=(AMR_SSO,),
+        amr_v2=(AMR_SSO,),
+        reproof_due_at=assurance.reproof_due_at,
+        extra_claims_v2=assurance.extra_claims_v2,
+    )
+
 
 T = TypeVar("T")
 
@@ -102,8 +118,10 @@ class OidcService:
         publisher: FederationPublisher,
         clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = secrets.token_bytes,
+        sso_window: int = 0,
     ) -> None:
         self._issuer = issuer
+        self._sso_window = sso_window
         self._resolver = resolver
         self._store = store
         self._wallet = wallet
@@ -160,6 +178,13 @@ class OidcService:
             pseudonym, assurance, auth_time = await self._wallet.authenticated(session)
         except WalletError as exc:
             return authorize.error_redirect(pending, AccessDeniedError(exc.description))
+        age = self._now() - auth_time
+        if age > FRESH_LOGIN_SECONDS:
+            if not self._sso_window or age > self._sso_window:  # SSO off, or too old
+                return authorize.error_redirect(
+                    pending, AccessDeniedError("the device login is too old; log in again")
+                )
+            assurance = single_sign_on(assurance)
         try:
             given = authorize.consent(pending, selected_claims)
             authorize.check_assurance(pending, assurance)

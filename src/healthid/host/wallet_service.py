@@ -159,7 +159,9 @@ class WalletService:
         attestation: AttestationPolicy,
         limits: WalletLimits | None = None,
         clock: Callable[[], float] = time.time,
+        session_ttl: int = DEVICE_SESSION_TTL,
     ) -> None:
+        self._session_ttl = session_ttl
         self._enclave = enclave
         self._policyholders = policyholders
         self._devices = devices
@@ -533,7 +535,7 @@ class WalletService:
         await self._put(
             f"devsess:{session}",
             {"pseudonym": device.pseudonym, "device_id": device_id, "auth_time": now},
-            DEVICE_SESSION_TTL,
+            self._session_ttl,
         )
         return LoginResult(
             session=session,
