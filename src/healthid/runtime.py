@@ -28,7 +28,7 @@ from healthid.enclave.service import Enclave
 from healthid.enclave.vault import Vault
 from healthid.host.app import HostDeps, create_app
 from healthid.host.attestation import AttestationPolicy
-from healthid.host.federation_api import SIGNED_JWKS_PATH, FederationPublisher
+from healthid.host.federation_api import SIGNED_JWKS_PATH, AppLinks, FederationPublisher
 from healthid.host.fetch import GuardedFetcher
 from healthid.host.oidc_service import OidcService, RelyingPartyResolver
 from healthid.host.relying_parties import RelyingPartyRegistry
@@ -363,6 +363,15 @@ def build_app(
             federation=publisher,
             oidc=oidc,
             trusted_proxies=tuple(settings.trusted_proxies),
+            app_links=AppLinks(
+                android_packages=tuple(settings.android_package_names),
+                android_cert_digests=tuple(settings.android_signing_cert_digests),
+                apple_app_ids=tuple(
+                    [f"{settings.apple_team_id}.{settings.apple_bundle_id}"]
+                    if settings.apple_team_id and settings.apple_bundle_id
+                    else []
+                ),
+            ),
         )
 
     async def close() -> None:

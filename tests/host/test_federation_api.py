@@ -89,3 +89,26 @@ def test_entity_configuration_publishes_the_next_federation_key_before_it_signs(
     assert len(after["jwks"]["keys"]) == len(before["jwks"]["keys"]) + 1  # type: ignore[index]
     header = json.loads(base64.urlsafe_b64decode(resp.text.split(".")[0] + "=="))
     assert header["kid"] in {k["kid"] for k in before["jwks"]["keys"]}  # type: ignore[index]
+
+
+def test_app_link_documents_name_the_insurer_apps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("HEALTHID_"):
+            monkeypatch.delenv(name)
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        enclave_workers=1,
+        android_package_names=["de.kasse.app"],
+        android_signing_cert_digests=["ab" * 32],
+        apple_team_id="ABCDE12345",
+        apple_bundle_id="de.kasse.app",
+    )
+    with TestClient(build_app(settings), base_url=IDP) as c:
+        links = c.get(f"{IDP}/.well-known/assetlinks.json").json()
+        assert links[0]["target"]["package_name"] == "de.kasse.app"
+        assert links[0]["target"]["sha256_cert_fingerprints"] == [":".join(["AB"] * 32)]
+        aasa = c.get(f"{IDP}/.well-known/apple-app-site-association").json()
+        assert aasa["applinks"]["details"][0]["appIDs"] == ["ABCDE12345.de.kasse.app"]
+        assert aasa["applinks"]["details"][0]["components"] == [{"/": "/auth*"}]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,7 +21,12 @@ from starlette.routing import BaseRoute, Route
 
 from healthid import __version__
 from healthid.enclave.api import EnclaveClient
-from healthid.host.federation_api import FederationPublisher, federation_routes
+from healthid.host.federation_api import (
+    AppLinks,
+    FederationPublisher,
+    app_link_routes,
+    federation_routes,
+)
 from healthid.host.oidc_api import oidc_routes
 from healthid.host.oidc_service import OidcService
 from healthid.host.wallet_api import wallet_routes
@@ -47,6 +52,7 @@ class HostDeps:
     federation: FederationPublisher
     oidc: OidcService
     trusted_proxies: tuple[str, ...] = ()
+    app_links: AppLinks = field(default_factory=AppLinks)
 
 
 def _json(body: object, status: int = 200) -> JSONResponse:
@@ -137,6 +143,7 @@ version {html.escape(__version__)}, {html.escape(deps.mode)} mode.</p>{banner}
             Route("/status", status),
             *wallet_routes(lambda: state["deps"].wallet),
             *federation_routes(lambda: state["deps"].federation),
+            *app_link_routes(lambda: state["deps"].app_links),
             *oidc_routes(lambda: state["deps"].oidc, lambda: state["deps"].trusted_proxies),
             *extra_routes,
         ],

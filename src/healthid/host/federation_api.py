@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from healthid.keys.base import SigningKeyStore
@@ -70,6 +70,58 @@ class FederationPublisher:
             signer=self.key_store.sign,
             now=int(self.clock()),
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppLinks:
+    """Which apps open our authorization URLs (spec §2 step 4: the authorization endpoint is an
+    Android App Link / iOS Universal Link of the insurer's app)."""
+
+    android_packages: tuple[str, ...] = ()
+    android_cert_digests: tuple[str, ...] = ()  # SHA-256 of the signing certificates, hex
+    apple_app_ids: tuple[str, ...] = ()  # "<TeamID>.<bundle id>"
+    path: str = "/auth"
+
+    def assetlinks(self) -> list[dict[str, Any]]:
+        fingerprints = [
+            ":".join(d[i : i + 2] for i in range(0, len(d), 2)).upper()
+            for d in self.android_cert_digests
+        ]
+        return [
+            {
+                "relation": ["delegate_permission/common.handle_all_urls"],
+                "target": {
+                    "namespace": "android_app",
+                    "package_name": package,
+                    "sha256_cert_fingerprints": fingerprints,
+                },
+            }
+            for package in self.android_packages
+        ]
+
+    def apple_app_site_association(self) -> dict[str, Any]:
+        return {
+            "applinks": {
+                "details": [
+                    {"appIDs": list(self.apple_app_ids), "components": [{"/": f"{self.path}*"}]}
+                ]
+                if self.apple_app_ids
+                else []
+            }
+        }
+
+
+def app_link_routes(links: Callable[[], AppLinks]) -> list[Route]:
+    async def assetlinks(_request: Request) -> Response:
+        return JSONResponse(links().assetlinks())
+
+    async def aasa(_request: Request) -> Response:
+        return JSONResponse(links().apple_app_site_association())
+
+    return [
+        Route("/.well-known/assetlinks.json", assetlinks, methods=["GET"]),
+        Route("/.well-known/apple-app-site-association", aasa, methods=["GET"]),
+    ]
 
 
 def federation_routes(publisher: Callable[[], FederationPublisher]) -> list[Route]:
