@@ -471,6 +471,56 @@ def fedmaster(host: str, port: int, config_path: Path) -> None:
         sys.exit(2)
 
 
+@main.command("demo-rp")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8082, show_default=True)
+@click.option("--idp", "idp_url", help="IdP entity identifier (default: HEALTHID_PUBLIC_URL).")
+@click.option(
+    "--base-url", help="The RP's entity identifier / client_id (default: http://HOST:PORT)."
+)
+@click.option(
+    "--fedmaster", "fedmaster_url", help="Its federation master (default: HEALTHID_FEDMASTER_URL)."
+)
+@click.option(
+    "--fedmaster-jwks",
+    "fedmaster_jwks_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Pinned master JWKS to verify the IdP through the master (default: "
+    "HEALTHID_FEDMASTER_JWKS_FILE; without one the IdP is trusted on first use).",
+)
+def demo_rp(
+    host: str,
+    port: int,
+    idp_url: str | None,
+    base_url: str | None,
+    fedmaster_url: str | None,
+    fedmaster_jwks_file: Path | None,
+) -> None:
+    """Development only: a demo relying party with TEST-ONLY keys (DATA_DIR/demo-rp)."""
+    from healthid.demo.relying_party import DemoRpRefused, run_demo_rp
+    from healthid.demo.rp_keys import DemoRpKeyError
+    from healthid.runtime import DEV_FEDMASTER_URL
+
+    settings = _settings()
+    if not settings.development:
+        click.echo("healthid: demo-rp is for development mode only", err=True)
+        sys.exit(2)
+    try:
+        run_demo_rp(
+            host,
+            port,
+            idp_url or settings.public_url,
+            settings.data_dir / "demo-rp",
+            fedmaster_url or settings.fedmaster_url or DEV_FEDMASTER_URL,
+            base_url=base_url,
+            fedmaster_jwks_file=fedmaster_jwks_file or settings.fedmaster_jwks_file,
+            production=not settings.development,
+        )
+    except (DemoRpRefused, DemoRpKeyError, ValueError) as exc:
+        click.echo(f"healthid: {exc}", err=True)
+        sys.exit(2)
+
+
 @main.command("eid-standin")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8090, show_default=True)
