@@ -72,11 +72,17 @@ def serve(host: str | None, port: int | None, demo: bool) -> None:
         if not settings.development:
             click.echo("healthid: --demo is for development mode only", err=True)
             sys.exit(2)
-        from healthid.demo.stack import standin_mount, with_local_standin
+        from healthid.demo.stack import (
+            federation_mounts,
+            standin_mount,
+            with_local_federation,
+            with_local_standin,
+        )
 
-        settings = with_local_standin(settings)
-        _seed_demo(settings)
+        settings = with_local_federation(with_local_standin(settings))
+        idp_jwks = _seed_demo(settings)
         extra.append(standin_mount(settings))
+        extra.extend(federation_mounts(settings, idp_jwks))
     click.echo(
         f"healthid {__version__} ({settings.mode.value} mode, tee: {settings.tee.value}) "
         f"listening on http://{host}:{port}/  — status: http://{host}:{port}/status"
@@ -98,25 +104,29 @@ def serve(host: str | None, port: int | None, demo: bool) -> None:
     )
 
 
-def _seed_demo(settings: Settings) -> None:
-    """Import the demo registry once (the database holds it encrypted, like any registry)."""
+def _seed_demo(settings: Settings) -> dict[str, Any]:
+    """Import the demo registry once (the database holds it encrypted, like any registry),
+    create the first signing keys, and return the IdP's federation JWKS for the master."""
     from healthid.demo.stack import demo_registry
     from healthid.host.registry_import import import_registry
     from healthid.runtime import open_runtime
 
-    async def go() -> None:
+    async def go() -> dict[str, Any]:
         rt = await open_runtime(settings)
         try:
+            await rt.ensure_keys()
+            published = await rt.key_ring("federation").published("federation")
             if await rt.policyholders.count() == 0:
                 path = demo_registry(settings)
                 result = await import_registry(
                     rt.enclave, rt.policyholders, path.read_bytes(), filename=path.name
                 )
                 click.echo(f"demo registry: imported {result.imported} made-up policyholders")
+            return {"keys": [dict(r.public_jwk) for r in published]}
         finally:
             await rt.aclose()
 
-    _run(go())
+    return _run(go())
 
 
 def _print_demo_hints(host: str, port: int) -> None:
@@ -129,7 +139,12 @@ def _print_demo_hints(host: str, port: int) -> None:
             f"  .venv/bin/healthid wallet --idp {base} --dir /tmp/wallet-{person['kvnr']} "
             f"enroll --eid-test-identity {person['kvnr']} --eid-standin {base}{STANDIN_MOUNT}"
         )
-    click.echo("  .venv/bin/healthid wallet --idp ... --dir ... login | devices | revoke DEVICE\n")
+    click.echo("  .venv/bin/healthid wallet --idp ... --dir ... login | devices | revoke DEVICE")
+    click.echo(f"Log in at the demo relying party: open {base}/_dev/rp/ , or headless:")
+    click.echo(
+        f"  .venv/bin/healthid wallet --idp {base} --dir /tmp/wallet-... authorize "
+        f'"$(curl -s {base}/_dev/rp/login?format=url)"\n'
+    )
 
 
 def _redact_url(url: str) -> str:

@@ -352,6 +352,7 @@ def build_app(
             policyholders=rt.policyholders,
             publisher=publisher,
             sso_window=settings.sso_window,
+            development=settings.development,
         )
         return HostDeps(
             mode=settings.mode.value,

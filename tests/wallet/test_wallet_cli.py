@@ -121,17 +121,30 @@ def test_wallet_cli_refuses_a_card_of_someone_not_insured(server: str, tmp_path:
 def demo_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """What `make run` starts: the demo registry and the eID stand-in beside the IdP."""
     from healthid.cli import _seed_demo
-    from healthid.demo.stack import standin_mount, with_local_standin
+    from healthid.demo.stack import (
+        federation_mounts,
+        standin_mount,
+        with_local_federation,
+        with_local_standin,
+    )
 
     for name in list(os.environ):
         if name.startswith("HEALTHID_"):
             monkeypatch.delenv(name)
     port = free_port()
-    settings = with_local_standin(
-        load_settings(data_dir=tmp_path / "data", enclave_workers=1, listen_port=port)
+    settings = with_local_federation(
+        with_local_standin(
+            load_settings(
+                data_dir=tmp_path / "data",
+                enclave_workers=1,
+                listen_port=port,
+                public_url=f"http://127.0.0.1:{port}",
+            )
+        )
     )
-    _seed_demo(settings)
-    yield from serve_on_loopback(build_app(settings, extra_routes=[standin_mount(settings)]), port)
+    idp_jwks = _seed_demo(settings)
+    mounts = [standin_mount(settings), *federation_mounts(settings, idp_jwks)]
+    yield from serve_on_loopback(build_app(settings, extra_routes=mounts), port)
 
 
 def test_make_run_stack_enrols_with_the_eid_stand_in(demo_server: str, tmp_path: Path) -> None:
@@ -159,3 +172,30 @@ def test_make_run_stack_enrols_with_the_eid_stand_in(demo_server: str, tmp_path:
         demo_server + STANDIN_MOUNT,
     )
     assert code == 1
+
+
+def test_make_run_stack_logs_in_at_the_demo_relying_party(demo_server: str, tmp_path: Path) -> None:
+    """The whole local federation: the demo RP's PAR is trusted through the federation master,
+    the wallet authorises, the RP decrypts and verifies the ID token and shows the KVNR."""
+    import httpx
+
+    from healthid.demo.stack import STANDIN_MOUNT, demo_people
+
+    person = demo_people(2)[1]
+    wallet = ["wallet", "--dir", str(tmp_path / "w"), "--idp", demo_server]
+    code, _, err = run(
+        *wallet,
+        "enroll",
+        "--eid-test-identity",
+        person["kvnr"],
+        "--eid-standin",
+        demo_server + STANDIN_MOUNT,
+    )
+    assert code == 0, err
+    with httpx.Client(timeout=30) as http:
+        url = http.get(f"{demo_server}/_dev/rp/login", params={"format": "url"}).text
+        assert url.startswith(f"{demo_server}/auth?client_id="), url
+        code, out, err = run(*wallet, "authorize", url)
+        assert code == 0, err
+        page = http.get(out.strip()).text
+    assert person["kvnr"] in page and "federation master" in page

@@ -119,8 +119,10 @@ class OidcService:
         clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = secrets.token_bytes,
         sso_window: int = 0,
+        development: bool = False,
     ) -> None:
         self._issuer = issuer
+        self._development = development
         self._sso_window = sso_window
         self._resolver = resolver
         self._store = store
@@ -148,10 +150,15 @@ class OidcService:
     async def push(
         self, form: Mapping[str, Sequence[str]], client_cert: bytes | None
     ) -> par.ParResponse:
-        params = par.parse_par(form)  # everything that needs no RP metadata, in gsi order
+        # everything that needs no RP metadata, in gsi order
+        params = par.parse_par(form, allow_http=self._development)
         rp = await self._client(params.client_id)
         request = par.validate_par(
-            form, client=registered_client(rp), client_cert=client_cert, now=self._now()
+            form,
+            client=registered_client(rp),
+            client_cert=client_cert,
+            now=self._now(),
+            allow_http=self._development,
         )
         request_uri = par.new_request_uri(self._rng)
         await self._store.put(f"par:{request_uri}", _dump(request), par.REQUEST_URI_TTL)

@@ -519,3 +519,25 @@ def test_par_reports_redirect_uri_before_scope() -> None:
 def test_par_reports_registered_scope_before_missing_openid() -> None:
     error = refuse(par_form(scope="urn:telematik:geburtsdatum"))
     assert "exceeds scopes found in entity statement" in error.description
+
+
+def test_par_admits_http_client_ids_only_when_allowed_for_development() -> None:
+    import pytest as _pytest
+
+    from healthid.protocol.oauth.errors import InvalidRequestError
+    from healthid.protocol.oauth.par import parse_par
+
+    form = {
+        "client_id": ["http://127.0.0.1:8080/_dev/rp"],
+        "state": ["s"],
+        "redirect_uri": ["http://127.0.0.1:8080/_dev/rp/callback"],
+        "code_challenge": ["Ca3Ve8jSsBQOBFVqQvLs1E-dGV1BXg2FTvrd-Tg19Vg"],
+        "code_challenge_method": ["S256"],
+        "response_type": ["code"],
+        "nonce": ["n"],
+        "scope": ["openid urn:telematik:versicherter"],
+        "acr_values": ["gematik-ehealth-loa-high"],
+    }
+    with _pytest.raises(InvalidRequestError, match="https"):
+        parse_par(form)
+    assert parse_par(form, allow_http=True).client_id == "http://127.0.0.1:8080/_dev/rp"

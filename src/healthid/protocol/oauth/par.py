@@ -107,6 +107,7 @@ PAR_REQUIRED = (
 RESPONSE_TYPE_CODE = "code"
 PROMPT_VALUES = frozenset({"none", "login", "consent", "select_account"})  # PAR TC 013
 _CLIENT_ID = re.compile(r"https://[^\s]+")
+_CLIENT_ID_DEVELOPMENT = re.compile(r"https?://[^\s]+")  # a loopback federation has no TLS
 _MAX_AGE = re.compile(r"[0-9]{1,10}")
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
@@ -225,8 +226,10 @@ def _check_redirect_uri_syntax(redirect_uri: str) -> None:
         raise InvalidRequestError("Invalid redirect uri")
 
 
-def parse_par(form: Form) -> ParParams:
-    """Steps 0 to 3a: everything that needs no knowledge of the RP, in gematik's order."""
+def parse_par(form: Form, *, allow_http: bool = False) -> ParParams:
+    """Steps 0 to 3a: everything that needs no knowledge of the RP, in gematik's order.
+
+    ``allow_http`` admits http client_ids: development only (DESIGN.md, loopback)."""
     check_form(form, PAR_PARAMETER_LIMITS)
     required(form, "acr_values")  # gsi: the handler mapping requires acr_values first
     values = {name: required(form, name) for name in PAR_REQUIRED}
@@ -234,7 +237,8 @@ def parse_par(form: Form) -> ParParams:
     amr = optional(form, "amr")
 
     client_id = non_empty("client_id", values["client_id"])
-    if _CLIENT_ID.fullmatch(client_id) is None:  # an entity identifier (OpenID Federation)
+    pattern = _CLIENT_ID_DEVELOPMENT if allow_http else _CLIENT_ID
+    if pattern.fullmatch(client_id) is None:  # an entity identifier (OpenID Federation)
         raise InvalidRequestError("client_id must be an https URL")
     state = non_empty("state", values["state"])
     redirect_uri = non_empty("redirect_uri", values["redirect_uri"])
@@ -287,13 +291,14 @@ def validate_par(
     client: RegisteredClient,
     client_cert: bytes | None,
     now: int,
+    allow_http: bool = False,
 ) -> ParRequest:
     """Validate a PAR of the registered ``client`` presented with mTLS ``client_cert`` (DER).
 
     ``client`` must be the registration of the form's ``client_id`` (the caller resolves it
     after :func:`parse_par`; an unknown or untrustworthy RP is the caller's 4xx).
     """
-    params = parse_par(form)
+    params = parse_par(form, allow_http=allow_http)
     if client.client_id != params.client_id:
         raise ServerError("registered client does not match client_id")
     claims = params.claims
