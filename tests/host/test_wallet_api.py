@@ -291,3 +291,20 @@ def test_enrolment_starts_are_limited_per_address(settings: Settings, client: Te
     assert codes[:limit] == [201] * limit
     last = client.post(f"{API}/enrolments")
     assert last.status_code == 429 and int(last.headers["retry-after"]) > 0
+
+
+def test_rate_limit_address_comes_from_x_forwarded_for_only_behind_a_trusted_proxy() -> None:
+    from starlette.requests import Request
+
+    from healthid.host.wallet_api import client_address
+
+    def request(peer: str, forwarded: str | None) -> Request:
+        headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
+        return Request({"type": "http", "headers": headers, "client": (peer, 1234)})
+
+    assert (
+        client_address(request("127.0.0.1", "203.0.113.1, 198.51.100.2"), ["127.0.0.1"])
+        == "198.51.100.2"
+    )
+    assert client_address(request("203.0.113.9", "198.51.100.2"), ["127.0.0.1"]) == "203.0.113.9"
+    assert client_address(request("127.0.0.1", None), ["127.0.0.1"]) == "127.0.0.1"

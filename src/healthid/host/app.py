@@ -141,7 +141,7 @@ version {html.escape(__version__)}, {html.escape(deps.mode)} mode.</p>{banner}
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/status", status),
-            *wallet_routes(lambda: state["deps"].wallet),
+            *wallet_routes(lambda: state["deps"].wallet, lambda: state["deps"].trusted_proxies),
             *federation_routes(lambda: state["deps"].federation),
             *app_link_routes(lambda: state["deps"].app_links),
             *oidc_routes(lambda: state["deps"].oidc, lambda: state["deps"].trusted_proxies),

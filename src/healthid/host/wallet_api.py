@@ -10,7 +10,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from starlette.requests import Request
@@ -21,6 +21,7 @@ from healthid.host.wallet_service import TooManyRequests, WalletError, WalletSer
 
 MAX_BODY_BYTES = 128 * 1024
 B64URL = re.compile(r"[A-Za-z0-9_-]+")
+MAX_ADDRESS_CHARS = 45  # the longest textual IPv6 address
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -76,8 +77,16 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+def client_address(request: Request, trusted_proxies: Collection[str]) -> str:
+    """The client's address for rate limits: the peer, or — when the peer is a trusted proxy
+    (the TLS terminator) — the last address it appended to X-Forwarded-For."""
+    peer = request.client.host if request.client else "unknown"
+    forwarded = request.headers.get("x-forwarded-for")
+    if forwarded and peer in trusted_proxies:
+        last = forwarded.split(",")[-1].strip()
+        if last and len(last) <= MAX_ADDRESS_CHARS:
+            return last
+    return peer
 
 
 def _bearer(request: Request) -> str:
@@ -93,8 +102,14 @@ def _str(body: dict[str, Any], name: str, *, max_len: int = 256) -> str:
     return value
 
 
-def wallet_routes(service: Callable[[], WalletService]) -> list[Route]:
+def wallet_routes(
+    service: Callable[[], WalletService],
+    trusted_proxies: Callable[[], Collection[str]] = tuple,
+) -> list[Route]:
     """The routes; ``service`` returns the service built at start-up."""
+
+    def _ip(request: Request) -> str:
+        return client_address(request, trusted_proxies())
 
     def guarded(fn: Callable[[Request, WalletService], Awaitable[Response]]) -> Handler:
         async def handler(request: Request) -> Response:

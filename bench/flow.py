@@ -1,0 +1,438 @@
+"""Benchmark: complete login flows per second through the sectoral IdP.
+
+    .venv/bin/python bench/flow.py [--seconds 10] [--concurrency 1 8 32] [--wallets 64]
+
+One flow = PAR (mTLS header) → the app's claims call → device-key challenge → assertion →
+consent → token → the RP decrypts and verifies the ID token. The IdP runs as its own process
+(uvicorn, PostgreSQL + Redis, in-process enclave); this process plays the relying party and
+the wallets. Prints flows/s, p50/p99 per endpoint and the server's CPU milliseconds per flow,
+and compares them with the targets of issue #4: ≥ 400 flows/s, ≤ 2.5 ms server CPU per flow,
+p99 < 100 ms at concurrency 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import secrets
+import socket
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+import asyncpg
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
+
+TARGET_FLOWS_PER_S = 400
+TARGET_CPU_MS = 2.5
+TARGET_P99_MS = 100
+ADMIN_DSN = os.environ.get(
+    "HEALTHID_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("HEALTHID_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+RP = "https://rp.bench.example"
+REDIRECT = f"{RP}/callback"
+SCOPES = "openid urn:telematik:versicherter urn:telematik:display_name"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rp_material(directory: Path) -> None:
+    """The bench RP's TLS certificate and encryption key (generated once per run)."""
+    tls = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rp.bench.example")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(tls.public_key())
+        .serial_number(1)
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(tls, hashes.SHA256())
+    )
+    enc = ec.generate_private_key(ec.SECP256R1())
+    (directory / "rp-cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "rp-enc.pem").write_bytes(
+        enc.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def serve(directory: str, db_url: str, prefix: str, port: int) -> None:
+    """The IdP process: the real app with a resolver that knows the bench RP."""
+    import uvicorn
+
+    from healthid.protocol.federation import ResolvedRelyingParty
+    from healthid.protocol.federation.trust_chain import RelyingPartyKeys
+    from healthid.protocol.jose import public_jwk
+    from healthid.runtime import build_app
+    from healthid.settings import load_settings
+
+    d = Path(directory)
+    cert = x509.load_pem_x509_certificate((d / "rp-cert.pem").read_bytes())
+    enc = serialization.load_pem_private_key((d / "rp-enc.pem").read_bytes(), None)
+    assert isinstance(enc, ec.EllipticCurvePrivateKey)
+    resolved = ResolvedRelyingParty(
+        client_id=RP,
+        expires_at=2**31,
+        redirect_uris=(REDIRECT,),
+        scopes=tuple(SCOPES.split()),
+        federation_jwks={"keys": []},
+        jwks=None,
+        signed_jwks_uri=None,
+        keys=RelyingPartyKeys(
+            tls_certificates=(cert.public_bytes(serialization.Encoding.DER),),
+            encryption_jwk=public_jwk(enc.public_key(), kid="puk_fd_enc", use="enc"),
+        ),
+        id_token_versions_supported=("1.0.0", "2.0.0"),
+        metadata={},
+    )
+
+    class Resolver:
+        async def resolve(self, client_id: str) -> ResolvedRelyingParty:
+            return resolved
+
+    settings = load_settings(
+        data_dir=d / "idp",
+        database_url=db_url,
+        redis_url=REDIS_URL,
+        redis_prefix=prefix,
+        enclave_workers=1,
+        trusted_proxies=["127.0.0.1"],
+    )
+    app = build_app(settings, resolver=Resolver())
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+async def enrol(
+    base: str, directory: Path, count: int
+) -> list[tuple[ec.EllipticCurvePrivateKey, str]]:
+    """Import a registry and enrol ``count`` wallets with test eGKs; their device keys."""
+    from healthid.demo.egk_test_ca import TestEgkCa
+    from healthid.demo.synthetic import synthetic_rows, write_registry
+    from healthid.protocol.attestation import make_software_attestation
+
+    del write_registry
+    ca = TestEgkCa.create(directory / "idp" / "egk-test-ca")
+    out = []
+    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+        for i, row in enumerate(synthetic_rows(count, seed=41)):
+            card = ca.issue_card(row["kvnr"], row["ik"], row["given_name"], row["family_name"])
+            start = (
+                await http.post("/wallet/v1/enrolments", headers={"X-Forwarded-For": f"10.3.{i}.1"})
+            ).json()
+            challenge = b64d(start["challenge"])
+            r = await http.post(
+                f"/wallet/v1/enrolments/{start['enrolment_id']}/egk",
+                json={
+                    "certificate": b64e(card.certificate_der),
+                    "signature": b64e(card.sign(challenge)),
+                },
+            )
+            assert r.status_code == 200, r.text
+            key = ec.generate_private_key(ec.SECP256R1())
+            spki = key.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            r = await http.post(
+                f"/wallet/v1/enrolments/{start['enrolment_id']}/device",
+                json={
+                    "public_key": b64e(spki),
+                    "attestation_format": "healthid-software",
+                    "attestation": b64e(
+                        make_software_attestation(key, challenge, "de.healthid.wallet.dev")
+                    ),
+                },
+            )
+            assert r.status_code == 201, r.text
+            out.append((key, r.json()["device_id"]))
+    return out
+
+
+def b64e(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def b64d(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> str:
+    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+    return b64e(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+
+async def run_level(
+    base: str,
+    directory: Path,
+    wallets: list[Any],
+    concurrency: int,
+    seconds: float,
+    server_pid: int,
+) -> dict[str, Any]:
+    from healthid.protocol import device_auth
+    from healthid.protocol.jose import decrypt_id_token, verify_compact
+    from healthid.protocol.jose.jws import TYP_ID_TOKEN, TYP_SIGNED_JWKS
+
+    cert_header = {"X-SSL-CERT": quote((directory / "rp-cert.pem").read_text())}
+    enc = serialization.load_pem_private_key((directory / "rp-enc.pem").read_bytes(), None)
+    assert isinstance(enc, ec.EllipticCurvePrivateKey)
+    timings: dict[str, list[float]] = defaultdict(list)
+    counters = {device: int(time.time() * 1000) for _, device in wallets}
+    done = 0
+    async with httpx.AsyncClient(
+        base_url=base, timeout=30, limits=httpx.Limits(max_connections=concurrency + 4)
+    ) as http:
+        config = (await http.get("/.well-known/openid-federation")).text
+        config_jwks = json.loads(b64d(config.split(".")[1]))["jwks"]
+        signed = verify_compact(
+            (await http.get("/jws.json")).text, jwks=config_jwks, typ=TYP_SIGNED_JWKS
+        )
+        token_jwks = {"keys": signed.claims["keys"]}
+
+        async def timed(name: str, coro: Any) -> Any:
+            t0 = time.perf_counter()
+            result = await coro
+            timings[name].append(time.perf_counter() - t0)
+            return result
+
+        async def flow(slot: int) -> None:
+            nonlocal done
+            key, device = wallets[slot % len(wallets)]
+            ip = {"X-Forwarded-For": f"10.4.{slot}.{done % 250}"}
+            verifier = secrets.token_urlsafe(48)
+            challenge = b64e(hashlib.sha256(verifier.encode()).digest())
+            form = {
+                "client_id": RP,
+                "state": "s",
+                "redirect_uri": REDIRECT,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+                "response_type": "code",
+                "nonce": "n",
+                "scope": SCOPES,
+                "acr_values": "gematik-ehealth-loa-substantial",
+            }
+            par = await timed("PAR", http.post("/PAR_Auth", data=form, headers=cert_header))
+            request_uri = par.json()["request_uri"]
+            await timed(
+                "auth (claims)",
+                http.get(
+                    "/auth",
+                    params={"client_id": RP, "request_uri": request_uri, "app_version": "1"},
+                ),
+            )
+            issued = (
+                await timed(
+                    "challenge",
+                    http.post("/wallet/v1/auth/challenges", json={"device_id": device}, headers=ip),
+                )
+            ).json()
+            counters[device] += 1
+            msg = device_auth.message(b64d(issued["challenge"]), device, counters[device])
+            session = (
+                await timed(
+                    "assertion",
+                    http.post(
+                        "/wallet/v1/auth/assertions",
+                        headers=ip,
+                        json={
+                            "challenge_id": issued["challenge_id"],
+                            "device_id": device,
+                            "counter": counters[device],
+                            "signature": sign(key, msg),
+                        },
+                    ),
+                )
+            ).json()["session"]
+            location = (
+                await timed(
+                    "consent",
+                    http.post(
+                        "/wallet/v1/authorizations",
+                        headers={"Authorization": f"Bearer {session}"},
+                        json={
+                            "client_id": RP,
+                            "request_uri": request_uri,
+                            "selected_claims": ["urn:telematik:claims:id"],
+                        },
+                    ),
+                )
+            ).json()["redirect"]
+            code = parse_qs(urlsplit(location).query)["code"][0]
+            tok = await timed(
+                "token",
+                http.post(
+                    "/token",
+                    headers=cert_header,
+                    data={
+                        "grant_type": "authorization_code",
+                        "code": code,
+                        "code_verifier": verifier,
+                        "client_id": RP,
+                        "redirect_uri": REDIRECT,
+                    },
+                ),
+            )
+            inner = decrypt_id_token(tok.json()["id_token"], private_key=enc)
+            verify_compact(inner, jwks=token_jwks, typ=TYP_ID_TOKEN)
+            done += 1
+
+        async def worker(slot: int, deadline: float) -> None:
+            while time.perf_counter() < deadline:
+                await flow(slot)
+
+        cpu_before = server_cpu_seconds(server_pid)
+        start = time.perf_counter()
+        deadline = start + seconds
+        await asyncio.gather(*(worker(i, deadline) for i in range(concurrency)))
+        elapsed = time.perf_counter() - start
+        cpu = server_cpu_seconds(server_pid) - cpu_before
+    return {
+        "concurrency": concurrency,
+        "flows": done,
+        "elapsed": elapsed,
+        "cpu_ms_per_flow": cpu * 1000 / max(done, 1),
+        "timings": timings,
+    }
+
+
+def server_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def main(args: argparse.Namespace) -> int:
+    from healthid.demo.synthetic import write_registry
+    from healthid.host.registry_import import import_registry
+    from healthid.runtime import open_runtime
+    from healthid.settings import load_settings
+
+    name = f"healthid_flow_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(ADMIN_DSN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    db_url = (
+        ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + "/" + name
+    )
+    prefix = f"healthid-flow-{secrets.token_hex(4)}:"
+    server = None
+    ok = True
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = Path(tmp)
+            rp_material(directory)
+            settings = load_settings(
+                data_dir=directory / "idp",
+                database_url=db_url,
+                redis_url=REDIS_URL,
+                redis_prefix=prefix,
+                enclave_workers=1,
+            )
+            rt = await open_runtime(settings)
+            buf = io.StringIO()
+            write_registry(buf, args.wallets, seed=41)
+            assert (
+                await import_registry(
+                    rt.enclave, rt.policyholders, buf.getvalue().encode(), filename="r.csv"
+                )
+            ).ok
+            await rt.ensure_keys()
+            await rt.aclose()
+            port = free_port()
+            ctx = multiprocessing.get_context("spawn")
+            server = ctx.Process(target=serve, args=(tmp, db_url, prefix, port), daemon=True)
+            server.start()
+            base = f"http://127.0.0.1:{port}"
+            for _ in range(200):
+                try:
+                    async with httpx.AsyncClient() as c:
+                        if (await c.get(base + "/healthz")).status_code == 200:
+                            break
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.1)
+            wallets = await enrol(base, directory, args.wallets)
+            print(
+                "complete flows through the IdP (uvicorn, PostgreSQL + Redis, in-process enclave)"
+            )
+            for level in args.concurrency:
+                r = await run_level(base, directory, wallets, level, args.seconds, server.pid or 0)
+                rate = r["flows"] / r["elapsed"]
+                print(
+                    f"\nconcurrency {level}: {r['flows']} flows, {rate:7.1f} flows/s, "
+                    f"server CPU {r['cpu_ms_per_flow']:.1f} ms/flow"
+                )
+                for endpoint, values in r["timings"].items():
+                    p50, p99 = pct(values, 0.5), pct(values, 0.99)
+                    print(f"  {endpoint:14} p50 {p50:7.1f} ms   p99 {p99:7.1f} ms")
+                if level == max(args.concurrency):
+                    worst = max(pct(v, 0.99) for v in r["timings"].values())
+                    cpu = r["cpu_ms_per_flow"]
+
+                    def verdict(good: bool) -> str:
+                        return "MET" if good else "MISSED"
+
+                    print(
+                        f"\ntargets: >= {TARGET_FLOWS_PER_S} flows/s: "
+                        f"{verdict(rate >= TARGET_FLOWS_PER_S)} ({rate:.0f})"
+                    )
+                    print(
+                        f"         <= {TARGET_CPU_MS} ms server CPU/flow: "
+                        f"{verdict(cpu <= TARGET_CPU_MS)} ({cpu:.1f})"
+                    )
+                    print(
+                        f"         p99 < {TARGET_P99_MS} ms: {verdict(worst < TARGET_P99_MS)} "
+                        f"({worst:.0f})"
+                    )
+                    ok = (
+                        rate >= TARGET_FLOWS_PER_S
+                        and r["cpu_ms_per_flow"] <= TARGET_CPU_MS
+                        and worst < TARGET_P99_MS
+                    )
+    finally:
+        if server is not None:
+            server.terminate()
+            server.join(timeout=10)
+        admin = await asyncpg.connect(ADMIN_DSN)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="complete flows per second through the IdP")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--wallets", type=int, default=64)
+    sys.exit(asyncio.run(main(parser.parse_args())))
