@@ -126,7 +126,19 @@ def serve(directory: str, db_url: str, prefix: str, port: int) -> None:
         trusted_proxies=["127.0.0.1"],
     )
     app = build_app(settings, resolver=Resolver())
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    profile = os.environ.get("HEALTHID_BENCH_PROFILE")  # write cProfile stats of the server
+    if not profile:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile)
 
 
 async def enrol(
@@ -422,8 +434,14 @@ async def main(args: argparse.Namespace) -> int:
                     )
     finally:
         if server is not None:
-            server.terminate()
-            server.join(timeout=10)
+            import signal
+
+            if server.pid is not None:
+                os.kill(server.pid, signal.SIGINT)  # uvicorn shuts down gracefully
+            server.join(timeout=30)
+            if server.is_alive():
+                server.terminate()
+                server.join(timeout=10)
         admin = await asyncpg.connect(ADMIN_DSN)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()

@@ -74,6 +74,7 @@ class FileKeyStore:
 
     def __init__(self, directory: Path) -> None:
         self._dir = directory
+        self._parsed: dict[str, tuple[bytes, ec.EllipticCurvePrivateKey]] = {}
         self._prepare_directory()
 
     def __repr__(self) -> str:
@@ -116,7 +117,17 @@ class FileKeyStore:
         return data
 
     def _load(self, kid: str) -> ec.EllipticCurvePrivateKey:
+        """The parsed key; parsed again only when the file's bytes change (the file is still
+        opened and its permissions checked on every use)."""
         data = self._read_key_file(kid)
+        cached = self._parsed.get(kid)
+        if cached is not None and hmac.compare_digest(cached[0], data):
+            return cached[1]
+        key = self._parse(kid, data)
+        self._parsed[kid] = (data, key)
+        return key
+
+    def _parse(self, kid: str, data: bytes) -> ec.EllipticCurvePrivateKey:
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError) as exc:
@@ -166,6 +177,7 @@ class FileKeyStore:
         )
 
     def delete(self, kid: str) -> None:
+        self._parsed.pop(kid, None)
         try:
             self._path(kid).unlink()
         except FileNotFoundError:
