@@ -101,6 +101,9 @@ def serve(host: str | None, port: int | None, demo: bool) -> None:
         port=port,
         log_level="info",
         server_header=False,
+        # The peer must stay the TLS terminator's address: X-SSL-CERT and X-Forwarded-For are
+        # believed only from trusted proxies (the app reads them itself, see wallet_api).
+        proxy_headers=False,
     )
 
 
