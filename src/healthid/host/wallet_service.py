@@ -27,6 +27,20 @@ from healthid.host.attestation import (
     verify_device_attestation,
     verify_login_assertion,
 )
+from healthid.host.rate_limits import (
+    RateLimit,
+    RateLimiter,
+    WalletLimits,
+    counter_key,
+)
+from healthid.host.wallet_errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+    WalletError,
+)
 from healthid.protocol import device_auth
 from healthid.protocol.oidc.loa import (
     Assurance,
@@ -38,75 +52,24 @@ from healthid.store.ephemeral import EphemeralStore
 from healthid.store.sql.devices import DeviceRecord, DeviceRepository, HistoryEntry
 from healthid.store.sql.policyholders import PolicyholderRepository
 
+__all__ = [  # the refusals and limits are part of this module's interface
+    "Conflict",
+    "Forbidden",
+    "NotFound",
+    "RateLimit",
+    "TooManyRequests",
+    "Unauthorized",
+    "WalletError",
+    "WalletLimits",
+    "WalletService",
+]
+
 ENROLMENT_TTL = 600  # seconds from starting an enrolment to binding the device
 AUTH_CHALLENGE_TTL = 120  # seconds a login challenge is valid (single use)
 DEVICE_SESSION_TTL = 300  # seconds a device session (device management) is valid
 MAX_DEVICES_PER_PERSON = 5
 DEVICE_ID_BYTES = 16
 DEVICE_CACHE_TTL = 600  # seconds a device's public record is cached for logins
-
-
-@dataclass(frozen=True, kw_only=True)
-class RateLimit:
-    """At most ``limit`` events per ``window`` seconds."""
-
-    limit: int
-    window: int
-
-
-@dataclass(frozen=True, kw_only=True)
-class WalletLimits:
-    """Documented defaults; see README "Limits against attackers"."""
-
-    enrolments_per_ip: RateLimit = RateLimit(limit=30, window=3600)
-    failed_proofs_per_ip: RateLimit = RateLimit(limit=10, window=3600)
-    failed_proofs_per_person: RateLimit = RateLimit(limit=10, window=3600)
-    challenges_per_ip: RateLimit = RateLimit(limit=600, window=60)
-    failed_auth_per_ip: RateLimit = RateLimit(limit=30, window=600)
-    failed_auth_per_device_ip: RateLimit = RateLimit(limit=5, window=600)
-    # Across all IPs a device is only slowed down, with a high bar: an attacker without the
-    # key cannot keep its owner out for long (the window is short).
-    failed_auth_per_device: RateLimit = RateLimit(limit=100, window=300)
-
-
-class WalletError(Exception):
-    """A refusal with an HTTP status and an OAuth-style error code; safe to show."""
-
-    status = 400
-    error = "invalid_request"
-
-    def __init__(self, description: str) -> None:
-        super().__init__(description)
-        self.description = description
-
-
-class NotFound(WalletError):  # noqa: N818 - named after the HTTP status
-    status = 404
-    error = "not_found"
-
-
-class Forbidden(WalletError):  # noqa: N818
-    status = 403
-    error = "access_denied"
-
-
-class Unauthorized(WalletError):  # noqa: N818
-    status = 401
-    error = "invalid_token"
-
-
-class TooManyRequests(WalletError):  # noqa: N818
-    status = 429
-    error = "slow_down"
-
-    def __init__(self, description: str, retry_after: int) -> None:
-        super().__init__(description)
-        self.retry_after = retry_after
-
-
-class Conflict(WalletError):  # noqa: N818
-    status = 409
-    error = "conflict"
 
 
 IDENTITY_NOT_CONFIRMED = "the identity could not be confirmed"
@@ -168,40 +131,11 @@ class WalletService:
         self._store = ephemeral
         self._attestation = attestation
         self._limits = limits or WalletLimits()
+        self._rate = RateLimiter(ephemeral)
         self._clock = clock
 
     def _now(self) -> int:
         return int(self._clock())
-
-    # -- rate limits ------------------------------------------------------------------------
-    async def _check(self, name: str, subject: str, rule: RateLimit) -> None:
-        """Refuse when the counter is already at its limit (does not count this attempt)."""
-        raw = await self._store.get(f"rl:{name}:{subject}")
-        if raw is not None and int(raw) >= rule.limit:
-            ttl = await self._store.ttl(f"rl:{name}:{subject}")
-            raise TooManyRequests("too many attempts; try again later", int(ttl or rule.window) + 1)
-
-    async def _count(self, name: str, subject: str, rule: RateLimit) -> None:
-        await self._store.incr(f"rl:{name}:{subject}", rule.window)
-
-    async def _check_all(self, checks: list[tuple[str, str, RateLimit]]) -> None:
-        """:meth:`_check` for several limits in one round trip."""
-        keys = [f"rl:{name}:{subject}" for name, subject, _ in checks]
-        for key, raw, (_, _, rule) in zip(
-            keys, await self._store.get_many(keys), checks, strict=True
-        ):
-            if raw is not None and int(raw) >= rule.limit:
-                ttl = await self._store.ttl(key)
-                raise TooManyRequests(
-                    "too many attempts; try again later", int(ttl or rule.window) + 1
-                )
-
-    async def _take(self, name: str, subject: str, rule: RateLimit) -> None:
-        """Count this attempt and refuse it when it is over the limit (one round trip)."""
-        key = f"rl:{name}:{subject}"
-        if await self._store.incr(key, rule.window) > rule.limit:
-            ttl = await self._store.ttl(key)
-            raise TooManyRequests("too many requests; try again later", int(ttl or rule.window) + 1)
 
     # -- state helpers ------------------------------------------------------------------------
     async def _put(self, key: str, value: dict[str, Any], ttl: int) -> None:
@@ -219,8 +153,8 @@ class WalletService:
 
     # -- enrolment ------------------------------------------------------------------------------
     async def start_enrolment(self, *, ip: str) -> Enrolment:
-        await self._check("enrol_ip", ip, self._limits.enrolments_per_ip)
-        await self._count("enrol_ip", ip, self._limits.enrolments_per_ip)
+        await self._rate.check("enrol_ip", ip, self._limits.enrolments_per_ip)
+        await self._rate.count("enrol_ip", ip, self._limits.enrolments_per_ip)
         enrolment_id = secrets.token_urlsafe(18)
         challenge = secrets.token_bytes(device_auth.CHALLENGE_BYTES)
         await self._put(
@@ -241,7 +175,7 @@ class WalletService:
     ) -> str:
         """Identity proofing with the eGK; returns the method. The card signed the challenge."""
         state = await self._enrolment(enrolment_id)
-        await self._check("proof_ip", ip, self._limits.failed_proofs_per_ip)
+        await self._rate.check("proof_ip", ip, self._limits.failed_proofs_per_ip)
         from healthid.enclave.api import ProofRejected
 
         try:
@@ -252,7 +186,7 @@ class WalletService:
                 intermediates=intermediates,
             )
         except ProofRejected as exc:
-            await self._count("proof_ip", ip, self._limits.failed_proofs_per_ip)
+            await self._rate.count("proof_ip", ip, self._limits.failed_proofs_per_ip)
             raise Forbidden(str(exc)) from None
         match = await self._match(lookup.proof_id, lookup.lookups, ip=ip)
         await self._record_proof(enrolment_id, state, match)
@@ -263,7 +197,7 @@ class WalletService:
         from healthid.enclave.api import ProofRejected
 
         state = await self._enrolment(enrolment_id)
-        await self._check("proof_ip", ip, self._limits.failed_proofs_per_ip)
+        await self._rate.check("proof_ip", ip, self._limits.failed_proofs_per_ip)
         try:
             started = await self._enclave.eid_start()
         except ProofRejected as exc:
@@ -288,7 +222,7 @@ class WalletService:
         try:
             lookup = await self._enclave.eid_collect(handle)
         except ProofRejected as exc:
-            await self._count("proof_ip", ip, self._limits.failed_proofs_per_ip)
+            await self._rate.count("proof_ip", ip, self._limits.failed_proofs_per_ip)
             raise Forbidden(str(exc)) from None
         if lookup is None:
             return None
@@ -312,13 +246,15 @@ class WalletService:
                 for item in await self._policyholders.find_by_lookup(kind, digest):
                     candidates[item.pseudonym] = item
         for pseudonym in candidates:
-            await self._check("proof_person", pseudonym, self._limits.failed_proofs_per_person)
+            await self._rate.check("proof_person", pseudonym, self._limits.failed_proofs_per_person)
         try:
             match = await self._enclave.match_identity(proof_id, list(candidates.values()))
         except IdentityNotConfirmed:
-            await self._count("proof_ip", ip, self._limits.failed_proofs_per_ip)
+            await self._rate.count("proof_ip", ip, self._limits.failed_proofs_per_ip)
             for pseudonym in candidates:
-                await self._count("proof_person", pseudonym, self._limits.failed_proofs_per_person)
+                await self._rate.count(
+                    "proof_person", pseudonym, self._limits.failed_proofs_per_person
+                )
             raise Forbidden(IDENTITY_NOT_CONFIRMED) from None
         if match.new_lookup_indexes:
             await self._policyholders.add_lookup_indexes(match.pseudonym, match.new_lookup_indexes)
@@ -412,7 +348,7 @@ class WalletService:
     async def login_challenge(
         self, device_id: str, *, ip: str, context: str = ""
     ) -> tuple[str, bytes]:
-        await self._take("chal_ip", ip, self._limits.challenges_per_ip)
+        await self._rate.take("chal_ip", ip, self._limits.challenges_per_ip)
         challenge_id = secrets.token_urlsafe(18)
         challenge = secrets.token_bytes(device_auth.CHALLENGE_BYTES)
         await self._put(
@@ -432,25 +368,25 @@ class WalletService:
             ("auth_dev_ip", f"{device_id}|{ip}", limits.failed_auth_per_device_ip),
             ("auth_dev", device_id, limits.failed_auth_per_device),
         ]
-        # one round trip: consume the challenge (single use) and read the failure counters
-        raw, counts = await self._store.consume_and_get(
-            f"authchal:{challenge_id}", [f"rl:{n}:{s}" for n, s, _ in checks]
+        # one round trip: consume the challenge (single use), read the failure counters and
+        # the device's cached public record
+        raw, values = await self._store.consume_and_get(
+            f"authchal:{challenge_id}",
+            [*(counter_key(n, subj) for n, subj, _ in checks), f"devrec:{device_id}"],
         )
-        for (name, subject, rule), count in zip(checks, counts, strict=True):
-            if count is not None and int(count) >= rule.limit:
-                ttl = await self._store.ttl(f"rl:{name}:{subject}")
-                raise TooManyRequests(
-                    "too many attempts; try again later", int(ttl or rule.window) + 1
-                )
+        counts, cached = values[:-1], values[-1]
+        await self._rate.check_counts(checks, counts)
         try:
-            return await self._login(raw, device_id=device_id, counter=counter, signature=signature)
+            return await self._login(
+                raw, device_id=device_id, counter=counter, signature=signature, cached=cached
+            )
         except WalletError:
             for name, subject, rule in checks:
-                await self._count(name, subject, rule)
+                await self._rate.count(name, subject, rule)
             raise
 
     async def _device_for_login(
-        self, device_id: str
+        self, device_id: str, cached: bytes | None
     ) -> tuple[DeviceRecord, str | None, bytes | None] | None:
         """The device's public record, cached in the ephemeral store.
 
@@ -458,7 +394,6 @@ class WalletService:
         after the signature check, never by this copy; revoking also drops it.
         """
         key = f"devrec:{device_id}"
-        cached = await self._store.get(key)
         if cached is not None:
             doc = json.loads(cached)
             device = DeviceRecord(
@@ -479,7 +414,13 @@ class WalletService:
         return found
 
     async def _login(
-        self, raw: bytes | None, *, device_id: str, counter: int, signature: bytes
+        self,
+        raw: bytes | None,
+        *,
+        device_id: str,
+        counter: int,
+        signature: bytes,
+        cached: bytes | None,
     ) -> LoginResult:
         failed = Unauthorized("device authentication failed")
         if raw is None:
@@ -487,7 +428,7 @@ class WalletService:
         state = dict(json.loads(raw))
         if not secrets.compare_digest(state["device_id"], device_id):
             raise failed
-        found = await self._device_for_login(device_id)
+        found = await self._device_for_login(device_id, cached)
         if found is None or not found[0].active:
             raise failed
         device, root_key_id, wrapped_key = found

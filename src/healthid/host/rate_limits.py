@@ -1,0 +1,75 @@
+"""Rate limits of the wallet API on the ephemeral store (fixed windows, issue #3 item 7).
+
+Refusals count against the attacker's address (and, with a high bar and a short window,
+against a device), so an attacker without the device key cannot lock its owner out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from healthid.host.wallet_errors import TooManyRequests
+from healthid.store.ephemeral import EphemeralStore
+
+
+@dataclass(frozen=True, kw_only=True)
+class RateLimit:
+    """At most ``limit`` events per ``window`` seconds."""
+
+    limit: int
+    window: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class WalletLimits:
+    """Documented defaults; see README "Limits against attackers"."""
+
+    enrolments_per_ip: RateLimit = RateLimit(limit=30, window=3600)
+    failed_proofs_per_ip: RateLimit = RateLimit(limit=10, window=3600)
+    failed_proofs_per_person: RateLimit = RateLimit(limit=10, window=3600)
+    challenges_per_ip: RateLimit = RateLimit(limit=600, window=60)
+    failed_auth_per_ip: RateLimit = RateLimit(limit=30, window=600)
+    failed_auth_per_device_ip: RateLimit = RateLimit(limit=5, window=600)
+    # Across all IPs a device is only slowed down, with a high bar: an attacker without the
+    # key cannot keep its owner out for long (the window is short).
+    failed_auth_per_device: RateLimit = RateLimit(limit=100, window=300)
+
+
+Check = tuple[str, str, RateLimit]  # (counter name, subject, rule)
+
+
+def counter_key(name: str, subject: str) -> str:
+    return f"rl:{name}:{subject}"
+
+
+class RateLimiter:
+    """Counters per (name, subject) with fixed windows."""
+
+    def __init__(self, store: EphemeralStore) -> None:
+        self._store = store
+
+    async def _refuse(self, key: str, rule: RateLimit, what: str) -> None:
+        ttl = await self._store.ttl(key)
+        raise TooManyRequests(f"too many {what}; try again later", int(ttl or rule.window) + 1)
+
+    async def check(self, name: str, subject: str, rule: RateLimit) -> None:
+        """Refuse when the counter is already at its limit (does not count this attempt)."""
+        await self.check_counts(
+            [(name, subject, rule)], await self._store.get_many([counter_key(name, subject)])
+        )
+
+    async def check_counts(self, checks: Sequence[Check], counts: Sequence[bytes | None]) -> None:
+        """Refuse when any of ``counts`` (read by the caller in one round trip) is at its limit."""
+        for (name, subject, rule), count in zip(checks, counts, strict=True):
+            if count is not None and int(count) >= rule.limit:
+                await self._refuse(counter_key(name, subject), rule, "attempts")
+
+    async def count(self, name: str, subject: str, rule: RateLimit) -> None:
+        await self._store.incr(counter_key(name, subject), rule.window)
+
+    async def take(self, name: str, subject: str, rule: RateLimit) -> None:
+        """Count this attempt and refuse it when it is over the limit (one round trip)."""
+        key = counter_key(name, subject)
+        if await self._store.incr(key, rule.window) > rule.limit:
+            await self._refuse(key, rule, "requests")
