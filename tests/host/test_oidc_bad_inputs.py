@@ -277,4 +277,4 @@ def test_b4_10_code_without_its_mtls_binding_is_refused(
     resp = client.post(
         f"{IDP}/token", data=_token_form(code, verifier), headers=FakeRp().cert_header()
     )
-    assert resp.status_code == 401 and resp.json()["error"] == "unauthorized_client"
+    assert resp.status_code == 401 and resp.json()["error"] == "invalid_client"

@@ -118,8 +118,15 @@ def oidc_routes(
             await svc.exchange(await _form(request), cert(request)), headers=NO_STORE
         )
 
+    async def wrong_method(request: Request) -> Response:
+        # gsi-testsuite PAR_004 / TOKEN_002: a GET gets an OAuth JSON error, not an HTML 405
+        error = InvalidRequestError(f"{request.method} is not allowed here; use POST")
+        return JSONResponse(error.to_dict(), status_code=405, headers={**NO_STORE, "Allow": "POST"})
+
     return [
         Route("/PAR_Auth", guarded(par_endpoint), methods=["POST"]),
+        Route("/PAR_Auth", wrong_method, methods=["GET", "PUT", "DELETE", "PATCH"]),
+        Route("/token", wrong_method, methods=["GET", "PUT", "DELETE", "PATCH"]),
         Route("/auth", guarded(authorization_endpoint), methods=["GET"]),
         Route("/wallet/v1/authorizations", guarded(consent_endpoint), methods=["POST"]),
         Route("/token", guarded(token_endpoint), methods=["POST"]),

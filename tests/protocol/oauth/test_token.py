@@ -24,11 +24,11 @@ from oauth_factory import (
 
 from healthid.protocol.oauth.authorize import IssuedCode
 from healthid.protocol.oauth.errors import (
+    InvalidClientError,
     InvalidGrantError,
     InvalidRequestError,
     OAuthError,
     ServerError,
-    UnauthorizedClientError,
     UnsupportedGrantTypeError,
 )
 from healthid.protocol.oauth.token import (
@@ -147,9 +147,10 @@ def test_token_rejects_client_id_of_another_client() -> None:  # TC 001
         redeem(parse_token_request(token_form(client_id="https://other.example")))
 
 
-def test_token_rejects_unknown_client_certificate() -> None:  # TC 004
-    with pytest.raises(UnauthorizedClientError):
+def test_token_rejects_unknown_client_certificate() -> None:  # TC 004 expects invalid_.*
+    with pytest.raises(InvalidClientError) as info:
         redeem(cert=b"wrong")
+    assert info.value.status_code == 401
 
 
 def test_token_rejects_client_that_does_not_match_client_id() -> None:

@@ -18,9 +18,11 @@ from healthid.protocol.oauth.acr_amr import ACR_VALUES, ID_TOKEN_VERSION_2, id_t
 from healthid.protocol.oauth.authorize import IssuedCode
 from healthid.protocol.oauth.client import RegisteredClient, check_client_cert
 from healthid.protocol.oauth.errors import (
+    InvalidClientError,
     InvalidGrantError,
     InvalidRequestError,
     ServerError,
+    UnauthorizedClientError,
     UnsupportedGrantTypeError,
 )
 from healthid.protocol.oauth.form import Form, check_form, non_empty, required
@@ -112,7 +114,11 @@ def redeem_code(
         raise InvalidRequestError("invalid code_verifier")
     if request.client_id != issued.client_id:  # RFC 6749 §4.1.3: issued to this client
         raise InvalidGrantError("invalid client_id")
-    check_client_cert(client, client_cert)
+    try:
+        check_client_cert(client, client_cert)
+    except UnauthorizedClientError as exc:
+        # gsi-testsuite TOKEN_004 expects invalid_.* here (PAR TC 006: unauthorized_client)
+        raise InvalidClientError(exc.description, status_code=exc.status_code) from None
     return TokenGrant(
         client_id=issued.client_id,
         nonce=issued.nonce,

@@ -1,0 +1,69 @@
+"""Fixtures of the gsi-testsuite conformance tier: the real app (embedded store, and
+PostgreSQL + Redis), the testsuite's relying party and insurer-app installs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import conformance_testlib
+import pytest
+from conformance_testlib import IDP, FakeRp, StubResolver
+from starlette.testclient import TestClient
+
+from healthid.runtime import build_app
+from healthid.settings import Settings, load_settings
+
+
+@pytest.fixture(params=["embedded", "postgres+redis"])
+def settings(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    for name in list(os.environ):
+        if name.startswith("HEALTHID_"):
+            monkeypatch.delenv(name)
+    overrides: dict[str, object] = {
+        "data_dir": tmp_path / "data",
+        "enclave_workers": 1,
+        "trusted_proxies": ["testclient"],
+    }
+    if request.param == "postgres+redis":
+        overrides["database_url"] = request.getfixturevalue("pg_url")
+        overrides["redis_url"] = request.getfixturevalue("redis_url")
+        overrides["redis_prefix"] = request.getfixturevalue("redis_prefix")
+    return load_settings(**overrides)
+
+
+@pytest.fixture
+def rp() -> FakeRp:
+    return FakeRp()
+
+
+@pytest.fixture
+def client(settings: Settings, rp: FakeRp) -> Iterator[TestClient]:
+    conformance_testlib.import_synthetic_registry(settings)
+    with TestClient(build_app(settings, resolver=StubResolver(rp)), base_url=IDP) as c:
+        yield c
+
+
+@pytest.fixture
+def secure_element_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Devices count as secure-element keys (LoA high while the proof is fresh).
+
+    The test wallet can only attest a software key (development), which our policy caps at
+    loa-substantial; gematik's cases with acr high stand in a real attested device.
+    """
+    import healthid.host.wallet_service as wallet_service
+    from healthid.protocol.oidc.loa import DEFAULT_POLICY, DeviceKeyClass
+
+    policy = {
+        **DEFAULT_POLICY,
+        DeviceKeyClass.SOFTWARE: DEFAULT_POLICY[DeviceKeyClass.SECURE_ELEMENT],
+    }
+    original = wallet_service.derive_assurance
+
+    def derive(**kwargs: object) -> object:
+        return original(**kwargs, policy=policy)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(wallet_service, "derive_assurance", derive)
