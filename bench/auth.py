@@ -167,6 +167,18 @@ async def _drop(name: str) -> None:
     await admin.close()
 
 
+async def _forget(prefix: str) -> None:
+    """Delete this run's keys from the bench Redis database."""
+    import redis.asyncio as redis
+
+    client = redis.from_url(REDIS_URL)
+    try:
+        async for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            await client.delete(key)
+    finally:
+        await client.aclose()
+
+
 def main() -> int:
     import tempfile
 
@@ -195,6 +207,7 @@ def main() -> int:
             elapsed = time.perf_counter() - start
     finally:
         asyncio.run(_drop(name))
+        asyncio.run(_forget(os.environ["HEALTHID_BENCH_PREFIX"]))
     rate = total / args.seconds
     print("device-key authentication (challenge + verify) against PostgreSQL + Redis")
     print(

@@ -445,6 +445,12 @@ async def main(args: argparse.Namespace) -> int:
         admin = await asyncpg.connect(ADMIN_DSN)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+        import redis.asyncio as redis
+
+        client = redis.from_url(REDIS_URL)
+        async for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            await client.delete(key)
+        await client.aclose()
     return 0 if ok else 1
 
 
