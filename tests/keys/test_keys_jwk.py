@@ -119,3 +119,19 @@ def test_check_kid_rejects_non_thumbprints(kid: str) -> None:
 def test_check_purpose_rejects_unsafe_names(purpose: str) -> None:
     with pytest.raises(ValueError, match="purpose"):
         check_purpose(purpose)
+
+
+def test_es256_sign_produces_raw_signatures_that_verify() -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec as _ec
+
+    from healthid.keys import es256
+
+    key = _ec.generate_private_key(_ec.SECP256R1())
+    signature = es256.sign(key, b"payload")
+    assert len(signature) == 64
+    assert es256.verify(key.public_key(), b"payload", signature)
+    assert not es256.verify(key.public_key(), b"payloaD", signature)
+    import pytest as _pytest
+
+    with _pytest.raises(ValueError):
+        es256.sign(_ec.generate_private_key(_ec.SECP384R1()), b"payload")

@@ -25,9 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -40,6 +38,7 @@ from healthid.demo.fedmaster_config import (
     load_or_create_signing_key,
     master_public_jwks,
 )
+from healthid.keys import es256
 from healthid.protocol.federation import IdpListEntry, sign_idp_list, sign_subordinate_statement
 from healthid.protocol.federation.master import MASTER_KID
 from healthid.protocol.federation.statements import sign_entity_statement
@@ -69,8 +68,7 @@ def es256_signer(key: ec.EllipticCurvePrivateKey) -> Callable[[str, bytes], byte
     def sign(kid: str, data: bytes) -> bytes:
         if kid != MASTER_KID:
             raise ValueError("the federation master signs only with its own kid")
-        r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        return es256.sign(key, data)
 
     return sign
 

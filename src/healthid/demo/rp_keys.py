@@ -27,9 +27,9 @@ from typing import Any, Final
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from healthid.keys import es256
 from healthid.protocol.jose import Signer, public_jwk
 
 SIG_KID: Final = "puk_fd_sig"  # spec §7: the RP's entity-statement key
@@ -92,8 +92,7 @@ class DemoRpKeys:
         def sign(kid: str, data: bytes) -> bytes:
             if kid != SIG_KID:
                 raise ValueError("the demo RP signs statements only with its federation key")
-            r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
-            return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+            return es256.sign(key, data)
 
         return sign
 

@@ -30,6 +30,13 @@ def jose_from_der(der: bytes) -> bytes:
     return r.to_bytes(COORDINATE_LEN, "big") + s.to_bytes(COORDINATE_LEN, "big")
 
 
+def sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+    """The ES256 signature of ``data`` by an in-memory key, as JOSE R || S."""
+    if not isinstance(key.curve, ec.SECP256R1):
+        raise ValueError("ES256 needs a P-256 key")
+    return jose_from_der(key.sign(data, ec.ECDSA(hashes.SHA256())))
+
+
 def der_from_jose(signature: bytes) -> bytes:
     """Convert a JOSE R || S signature to DER; any length but 64 octets is refused."""
     if len(signature) != SIGNATURE_LEN:

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from healthid.keys import es256
 from healthid.protocol import device_auth
 from healthid.protocol.attestation import make_software_attestation
 
@@ -136,9 +136,7 @@ class WalletClient:
         )
 
     def _sign(self, data: bytes) -> bytes:
-        der = self._key().sign(data, ec.ECDSA(hashes.SHA256()))
-        r, s = decode_dss_signature(der)
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        return es256.sign(self._key(), data)
 
     # -- HTTP -------------------------------------------------------------------------------
     @staticmethod
