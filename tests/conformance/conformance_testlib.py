@@ -31,15 +31,14 @@ from starlette.testclient import TestClient
 from healthid.demo.egk_test_ca import TestEgkCa
 from healthid.demo.synthetic import synthetic_rows, write_registry
 from healthid.protocol.federation import ResolvedRelyingParty
-from healthid.protocol.federation.trust_chain import RelyingPartyKeys
-from healthid.protocol.jose import decrypt_id_token, public_jwk
+from healthid.protocol.jose import decrypt_id_token
 from healthid.runtime import EGK_TEST_CA_DIR
 from healthid.settings import Settings
 from healthid.wallet.client import WalletClient
 
 IDP = "http://testserver"
-RP = "https://rp.example"
-REDIRECT = "https://rp.example/callback"
+from rp_testlib import REDIRECT, RP, resolved_rp  # noqa: E402 (shared with host, deploy)
+
 REGISTRY_SIZE = 6
 REGISTRY_SEED = 17
 ROWS = list(synthetic_rows(REGISTRY_SIZE, seed=REGISTRY_SEED))
@@ -98,41 +97,15 @@ class FakeRp:
         self.enc_key = ec.generate_private_key(ec.SECP256R1())
 
     def resolved(self) -> ResolvedRelyingParty:
-        enc = public_jwk(self.enc_key.public_key(), kid="puk_fd_enc", use="enc")
-        return ResolvedRelyingParty(
-            client_id=RP,
-            expires_at=2**31,
-            redirect_uris=(REDIRECT,),
+        return resolved_rp(
+            tls_certificates=self.tls_certs,
+            encryption_key=self.enc_key,
             scopes=self.scopes,
-            federation_jwks={"keys": []},
-            jwks=None,
-            signed_jwks_uri=None,
-            keys=RelyingPartyKeys(
-                tls_certificates=tuple(
-                    c.public_bytes(serialization.Encoding.DER) for c in self.tls_certs
-                ),
-                encryption_jwk=enc,
-            ),
-            id_token_versions_supported=self.id_token_versions,
-            metadata={},
+            id_token_versions=self.id_token_versions,
         )
 
     def cert_header(self) -> dict[str, str]:
         return cert_header(self.tls_cert)
-
-
-class StubResolver:
-    """Resolves only :data:`RP`; any other client_id is not vouched for by the master."""
-
-    def __init__(self, rp: FakeRp) -> None:
-        self.rp = rp
-
-    async def resolve(self, client_id: str) -> ResolvedRelyingParty:
-        if client_id != RP:
-            from healthid.host.relying_parties import RelyingPartyError
-
-            raise RelyingPartyError("unknown relying party", reason="not_vouched")
-        return self.rp.resolved()
 
 
 def pkce() -> tuple[str, str]:

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import conformance_testlib
 import pytest
-from conformance_testlib import IDP, FakeRp, StubResolver
+from conformance_testlib import IDP, FakeRp
 from starlette.testclient import TestClient
 
 from healthid.runtime import build_app
 from healthid.settings import Settings, load_settings
+from rp_testlib import StubResolver
 
 
 @pytest.fixture(params=["embedded", "postgres+redis"])

@@ -16,7 +16,6 @@ from conformance_testlib import (
     IGNORE,
     ROWS,
     FakeRp,
-    StubResolver,
     assert_matches_json,
     b64url_json,
     enrolled_wallet,
@@ -29,6 +28,7 @@ from healthid.protocol.jose import verify_compact
 from healthid.protocol.jose.jws import TYP_ID_TOKEN, TYP_SIGNED_JWKS
 from healthid.runtime import build_app
 from healthid.settings import Settings
+from rp_testlib import StubResolver
 
 OPTIONAL_USER_CLAIMS = {
     "____urn:telematik:claims:profession": ".*",

@@ -19,7 +19,6 @@ from conformance_testlib import (
     IDP,
     IGNORE,
     FakeRp,
-    StubResolver,
     assert_matches_json,
     cert_header,
     par_form,
@@ -30,6 +29,7 @@ from starlette.testclient import TestClient
 
 from healthid.runtime import build_app
 from healthid.settings import Settings
+from rp_testlib import StubResolver
 
 CHALLENGE = "9tI-0CQIkUYaGQOVR1emznlDFjlX0kVY1yd3oiMtGUI"  # the feature file's code_challenge
 ERROR_BODY = {"error": ".*", "____error_description": ".*", "____error_uri": ".*"}

@@ -51,14 +51,12 @@ from starlette.routing import Route
 from healthid.demo.egk_test_ca import TestEgkCa
 from healthid.demo.synthetic import synthetic_rows, write_registry
 from healthid.protocol.federation import ResolvedRelyingParty
-from healthid.protocol.federation.trust_chain import RelyingPartyKeys
-from healthid.protocol.jose import decrypt_id_token, public_jwk
+from healthid.protocol.jose import decrypt_id_token
 from healthid.runtime import EGK_TEST_CA_DIR, build_app
 from healthid.settings import Settings, load_settings
 from healthid.wallet.client import WalletClient
+from rp_testlib import REDIRECT, RP, StubResolver, resolved_rp
 
-RP = "https://rp.example"
-REDIRECT = "https://rp.example/callback"
 ROWS = list(synthetic_rows(4, seed=29))
 SCOPES = "openid urn:telematik:versicherter urn:telematik:display_name"
 HTTP_TIMEOUT = 30.0
@@ -72,34 +70,9 @@ class FakeRp:
         self.enc_key = ec.generate_private_key(ec.SECP256R1())
 
     def resolved(self) -> ResolvedRelyingParty:
-        enc = public_jwk(self.enc_key.public_key(), kid="puk_fd_enc", use="enc")
-        return ResolvedRelyingParty(
-            client_id=RP,
-            expires_at=2**31,
-            redirect_uris=(REDIRECT,),
-            scopes=tuple(SCOPES.split()),
-            federation_jwks={"keys": []},
-            jwks=None,
-            signed_jwks_uri=None,
-            keys=RelyingPartyKeys(
-                tls_certificates=(self.tls.cert.public_bytes(serialization.Encoding.DER),),
-                encryption_jwk=enc,
-            ),
-            id_token_versions_supported=("1.0.0", "2.0.0"),
-            metadata={},
+        return resolved_rp(
+            tls_certificates=[self.tls.cert], encryption_key=self.enc_key, scopes=SCOPES.split()
         )
-
-
-class StubResolver:
-    def __init__(self, rp: FakeRp) -> None:
-        self.rp = rp
-
-    async def resolve(self, client_id: str) -> ResolvedRelyingParty:
-        if client_id != RP:
-            from healthid.host.relying_parties import RelyingPartyError
-
-            raise RelyingPartyError("unknown relying party", reason="not_vouched")
-        return self.rp.resolved()
 
 
 @pytest.fixture(scope="module")

@@ -28,16 +28,15 @@ from starlette.testclient import TestClient
 from healthid.demo.egk_test_ca import TestEgkCa
 from healthid.demo.synthetic import synthetic_rows, write_registry
 from healthid.protocol.federation import ResolvedRelyingParty
-from healthid.protocol.federation.trust_chain import RelyingPartyKeys
-from healthid.protocol.jose import decrypt_id_token, public_jwk, verify_compact
+from healthid.protocol.jose import decrypt_id_token, verify_compact
 from healthid.protocol.jose.jws import TYP_ID_TOKEN, TYP_SIGNED_JWKS
 from healthid.runtime import EGK_TEST_CA_DIR, build_app
 from healthid.settings import Settings, load_settings
 from healthid.wallet.client import WalletClient
 
 IDP = "http://testserver"
-RP = "https://rp.example"
-REDIRECT = "https://rp.example/callback"
+from rp_testlib import REDIRECT, RP, StubResolver, resolved_rp  # noqa: E402
+
 ROWS = list(synthetic_rows(6, seed=17))
 SCOPES = "openid urn:telematik:versicherter urn:telematik:display_name urn:telematik:alter"
 
@@ -62,38 +61,13 @@ class FakeRp:
         self.enc_key = ec.generate_private_key(ec.SECP256R1())
 
     def resolved(self) -> ResolvedRelyingParty:
-        enc = public_jwk(self.enc_key.public_key(), kid="puk_fd_enc", use="enc")
-        return ResolvedRelyingParty(
-            client_id=RP,
-            expires_at=2**31,
-            redirect_uris=(REDIRECT,),
-            scopes=tuple(SCOPES.split()),
-            federation_jwks={"keys": []},
-            jwks=None,
-            signed_jwks_uri=None,
-            keys=RelyingPartyKeys(
-                tls_certificates=(self.tls_cert.public_bytes(serialization.Encoding.DER),),
-                encryption_jwk=enc,
-            ),
-            id_token_versions_supported=("1.0.0", "2.0.0"),
-            metadata={},
+        return resolved_rp(
+            tls_certificates=[self.tls_cert], encryption_key=self.enc_key, scopes=SCOPES.split()
         )
 
     def cert_header(self) -> dict[str, str]:
         pem = self.tls_cert.public_bytes(serialization.Encoding.PEM).decode()
         return {"X-SSL-CERT": quote(pem)}
-
-
-class StubResolver:
-    def __init__(self, rp: FakeRp) -> None:
-        self.rp = rp
-
-    async def resolve(self, client_id: str) -> ResolvedRelyingParty:
-        if client_id != RP:
-            from healthid.host.relying_parties import RelyingPartyError
-
-            raise RelyingPartyError("unknown relying party", reason="not_vouched")
-        return self.rp.resolved()
 
 
 @pytest.fixture(params=["embedded", "postgres+redis"])

@@ -1,0 +1,61 @@
+"""What several test modules need of a relying party the federation vouches for: its resolved
+registration, and a resolver that knows only it (the federation resolver has its own tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from healthid.host.relying_parties import RelyingPartyError
+from healthid.protocol.federation import ResolvedRelyingParty
+from healthid.protocol.federation.trust_chain import RelyingPartyKeys
+from healthid.protocol.jose import public_jwk
+
+RP = "https://rp.example"
+REDIRECT = "https://rp.example/callback"
+
+
+def resolved_rp(
+    *,
+    tls_certificates: Sequence[x509.Certificate],
+    encryption_key: ec.EllipticCurvePrivateKey,
+    scopes: Sequence[str],
+    id_token_versions: Sequence[str] = ("1.0.0", "2.0.0"),
+    client_id: str = RP,
+    redirect_uri: str = REDIRECT,
+) -> ResolvedRelyingParty:
+    """The registration the IdP would derive from a verified trust chain."""
+    return ResolvedRelyingParty(
+        client_id=client_id,
+        expires_at=2**31,
+        redirect_uris=(redirect_uri,),
+        scopes=tuple(scopes),
+        federation_jwks={"keys": []},
+        jwks=None,
+        signed_jwks_uri=None,
+        keys=RelyingPartyKeys(
+            tls_certificates=tuple(
+                c.public_bytes(serialization.Encoding.DER) for c in tls_certificates
+            ),
+            encryption_jwk=public_jwk(encryption_key.public_key(), kid="puk_fd_enc", use="enc"),
+        ),
+        id_token_versions_supported=tuple(id_token_versions),
+        metadata={},
+    )
+
+
+class StubResolver:
+    """Resolves only its relying party; any other client_id is not vouched for."""
+
+    def __init__(self, rp: object, client_id: str = RP) -> None:
+        self.rp = rp
+        self.client_id = client_id
+
+    async def resolve(self, client_id: str) -> ResolvedRelyingParty:
+        if client_id != self.client_id:
+            raise RelyingPartyError("unknown relying party", reason="not_vouched")
+        resolved: Callable[[], ResolvedRelyingParty] = self.rp.resolved  # type: ignore[attr-defined]
+        return resolved()
