@@ -515,7 +515,7 @@ def demo_rp(
     fedmaster_jwks_file: Path | None,
 ) -> None:
     """Development only: a demo relying party with TEST-ONLY keys (DATA_DIR/demo-rp)."""
-    from healthid.demo.relying_party import DemoRpRefused, run_demo_rp
+    from healthid.demo.rp import DemoRpRefused, run_demo_rp
     from healthid.demo.rp_keys import DemoRpKeyError
     from healthid.runtime import DEV_FEDMASTER_URL
 

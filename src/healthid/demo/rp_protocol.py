@@ -1,6 +1,6 @@
 """The pure relying-party side of the sectoral IdP flow, for the DEMO relying party (spec §2).
 
-No I/O and no clock: the shell (:mod:`healthid.demo.relying_party`) fetches documents and
+No I/O and no clock: the shell (:mod:`healthid.demo.rp`) fetches documents and
 passes them in with ``now``. Steps, by the numbering of spec §2:
 
 - step 1: trust in the IdP, either through the federation master (the master's entity

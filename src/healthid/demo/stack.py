@@ -92,7 +92,7 @@ def federation_mounts(settings: Settings, idp_federation_jwks: dict[str, Any]) -
         load_or_create_signing_key,
         master_public_jwks,
     )
-    from healthid.demo.relying_party import DemoRpConfig, create_demo_rp_app
+    from healthid.demo.rp import DemoRpConfig, create_demo_rp_app
     from healthid.demo.rp_keys import load_or_create_rp_keys
 
     idp = base_url(settings)

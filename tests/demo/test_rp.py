@@ -30,7 +30,7 @@ from starlette.testclient import TestClient
 from healthid.demo.egk_test_ca import TestEgkCa
 from healthid.demo.fedmaster import create_fedmaster_app
 from healthid.demo.fedmaster_config import FedmasterConfig, Member, master_public_jwks
-from healthid.demo.relying_party import (
+from healthid.demo.rp import (
     COOKIE_NAME,
     DemoRpConfig,
     DemoRpRefused,
