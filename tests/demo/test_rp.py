@@ -56,7 +56,7 @@ from healthid.protocol.federation import (
 from healthid.protocol.jose import TYP_ID_TOKEN, encrypt_id_token, public_jwk, sign_compact
 from healthid.runtime import EGK_TEST_CA_DIR, build_app
 from healthid.settings import Settings, load_settings
-from healthid.store.ephemeral import MemoryEphemeralStore
+from healthid.store.ephemeral import open_ephemeral_store
 from healthid.wallet.client import WalletClient
 
 MASTER = "http://fedmaster.test"
@@ -162,16 +162,26 @@ def import_synthetic_registry(settings: Settings) -> None:
     asyncio.run(load())
 
 
-@pytest.fixture
-def federation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Federation]:
+@pytest.fixture(params=["embedded", "postgres+redis"])
+def federation(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Federation]:
     for name in list(os.environ):
         if name.startswith("HEALTHID_"):
             monkeypatch.delenv(name)
+    services: dict[str, object] = {}
+    if request.param == "postgres+redis":
+        services = {
+            "database_url": request.getfixturevalue("pg_url"),
+            "redis_url": request.getfixturevalue("redis_url"),
+            "redis_prefix": request.getfixturevalue("redis_prefix"),
+        }
     settings = load_settings(
         data_dir=tmp_path / "idp",
         enclave_workers=1,
         trusted_proxies=["testclient", "127.0.0.1"],
         fedmaster_url=MASTER,
+        **services,
     )
     import_synthetic_registry(settings)
     idp_url = settings.public_url.rstrip("/")
@@ -183,7 +193,7 @@ def federation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fede
     fetcher = GuardedFetcher(development=True, transport=registry_router)
     registry = RelyingPartyRegistry(
         fetcher,
-        MemoryEphemeralStore(),
+        open_ephemeral_store(settings.redis_url, prefix=settings.redis_prefix),
         master_entity_id=MASTER,
         master_jwks=master_public_jwks(master_key),
         clock=time.time,
