@@ -9,10 +9,8 @@ own (``tc_properties-external-Idp.yaml``: state, nonce, scope) where they fit ou
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
-import io
 import json
 import re
 import secrets
@@ -29,7 +27,7 @@ from cryptography.x509.oid import NameOID
 from starlette.testclient import TestClient
 
 from healthid.demo.egk_test_ca import TestEgkCa
-from healthid.demo.synthetic import synthetic_rows, write_registry
+from healthid.demo.synthetic import synthetic_rows
 from healthid.protocol.federation import ResolvedRelyingParty
 from healthid.protocol.jose import decrypt_id_token
 from healthid.runtime import EGK_TEST_CA_DIR
@@ -37,6 +35,7 @@ from healthid.settings import Settings
 from healthid.wallet.client import WalletClient
 
 IDP = "http://testserver"
+import stack_testlib  # noqa: E402
 from rp_testlib import REDIRECT, RP, resolved_rp  # noqa: E402 (shared with host, deploy)
 
 REGISTRY_SIZE = 6
@@ -271,23 +270,4 @@ def assert_matches_json(actual: Any, expected: Any) -> None:
 
 
 def import_synthetic_registry(settings: Settings) -> None:
-    from healthid.host.registry_import import import_registry
-    from healthid.runtime import open_runtime
-
-    buf = io.StringIO()
-    write_registry(buf, REGISTRY_SIZE, seed=REGISTRY_SEED)
-
-    async def load() -> None:
-        runtime = await open_runtime(settings)
-        try:
-            result = await import_registry(
-                runtime.enclave,
-                runtime.policyholders,
-                buf.getvalue().encode(),
-                filename="r.csv",
-            )
-            assert result.ok
-        finally:
-            await runtime.aclose()
-
-    asyncio.run(load())
+    stack_testlib.import_synthetic_registry(settings, REGISTRY_SIZE, seed=REGISTRY_SEED)

@@ -3,7 +3,6 @@ PostgreSQL + Redis), the testsuite's relying party and insurer-app installs."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,27 +12,16 @@ from conformance_testlib import IDP, FakeRp
 from starlette.testclient import TestClient
 
 from healthid.runtime import build_app
-from healthid.settings import Settings, load_settings
+from healthid.settings import Settings
 from rp_testlib import StubResolver
+from stack_testlib import settings_for
 
 
 @pytest.fixture(params=["embedded", "postgres+redis"])
 def settings(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Settings:
-    for name in list(os.environ):
-        if name.startswith("HEALTHID_"):
-            monkeypatch.delenv(name)
-    overrides: dict[str, object] = {
-        "data_dir": tmp_path / "data",
-        "enclave_workers": 1,
-        "trusted_proxies": ["testclient"],
-    }
-    if request.param == "postgres+redis":
-        overrides["database_url"] = request.getfixturevalue("pg_url")
-        overrides["redis_url"] = request.getfixturevalue("redis_url")
-        overrides["redis_prefix"] = request.getfixturevalue("redis_prefix")
-    return load_settings(**overrides)
+    return settings_for(request, tmp_path, monkeypatch, trusted_proxies=["testclient"])
 
 
 @pytest.fixture

@@ -5,9 +5,7 @@ ID-token checks of spec §2 step 8. No sockets: every hop is an in-process trans
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import io
 import json
 import os
 import stat
@@ -27,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+import stack_testlib
 from healthid.demo.egk_test_ca import TestEgkCa
 from healthid.demo.fedmaster import create_fedmaster_app
 from healthid.demo.fedmaster_config import FedmasterConfig, Member, master_public_jwks
@@ -45,7 +44,7 @@ from healthid.demo.rp_keys import (
     load_or_create_rp_keys,
 )
 from healthid.demo.rp_protocol import DemoRpError, verify_id_token
-from healthid.demo.synthetic import synthetic_rows, write_registry
+from healthid.demo.synthetic import synthetic_rows
 from healthid.host.fetch import GuardedFetcher
 from healthid.host.relying_parties import RelyingPartyRegistry
 from healthid.protocol.federation import (
@@ -143,23 +142,7 @@ class Federation:
 
 
 def import_synthetic_registry(settings: Settings) -> None:
-    from healthid.host.registry_import import import_registry
-    from healthid.runtime import open_runtime
-
-    buf = io.StringIO()
-    write_registry(buf, 4, seed=23)
-
-    async def load() -> None:
-        runtime = await open_runtime(settings)
-        try:
-            result = await import_registry(
-                runtime.enclave, runtime.policyholders, buf.getvalue().encode(), filename="r.csv"
-            )
-            assert result.ok
-        finally:
-            await runtime.aclose()
-
-    asyncio.run(load())
+    stack_testlib.import_synthetic_registry(settings, 4, seed=23)
 
 
 @pytest.fixture(params=["embedded", "postgres+redis"])

@@ -9,10 +9,8 @@ the IdP's trusted proxy (127.0.0.1, nginx) is a different address than any clien
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
-import io
 import json
 import os
 import secrets
@@ -49,13 +47,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from healthid.demo.egk_test_ca import TestEgkCa
-from healthid.demo.synthetic import synthetic_rows, write_registry
+from healthid.demo.synthetic import synthetic_rows
 from healthid.protocol.federation import ResolvedRelyingParty
 from healthid.protocol.jose import decrypt_id_token
 from healthid.runtime import EGK_TEST_CA_DIR, build_app
 from healthid.settings import Settings, load_settings
 from healthid.wallet.client import WalletClient
 from rp_testlib import REDIRECT, RP, StubResolver, resolved_rp
+from stack_testlib import import_synthetic_registry
 
 ROWS = list(synthetic_rows(4, seed=29))
 SCOPES = "openid urn:telematik:versicherter urn:telematik:display_name"
@@ -125,26 +124,7 @@ def par_form(challenge: str) -> dict[str, str]:
 
 
 def _import_registry(settings: Settings) -> None:
-    from healthid.host.registry_import import import_registry
-    from healthid.runtime import open_runtime
-
-    buf = io.StringIO()
-    write_registry(buf, 4, seed=29)
-
-    async def load() -> None:
-        runtime = await open_runtime(settings)
-        try:
-            report = await import_registry(
-                runtime.enclave,
-                runtime.policyholders,
-                buf.getvalue().encode(),
-                filename="r.csv",
-            )
-            assert report.ok
-        finally:
-            await runtime.aclose()
-
-    asyncio.run(load())
+    import_synthetic_registry(settings, 4, seed=29)
 
 
 @pytest.fixture(scope="module")

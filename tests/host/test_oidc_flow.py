@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
-import os
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,16 +24,17 @@ from cryptography.x509.oid import NameOID
 from starlette.testclient import TestClient
 
 from healthid.demo.egk_test_ca import TestEgkCa
-from healthid.demo.synthetic import synthetic_rows, write_registry
+from healthid.demo.synthetic import synthetic_rows
 from healthid.protocol.federation import ResolvedRelyingParty
 from healthid.protocol.jose import decrypt_id_token, verify_compact
 from healthid.protocol.jose.jws import TYP_ID_TOKEN, TYP_SIGNED_JWKS
 from healthid.runtime import EGK_TEST_CA_DIR, build_app
-from healthid.settings import Settings, load_settings
+from healthid.settings import Settings
 from healthid.wallet.client import WalletClient
 
 IDP = "http://testserver"
 from rp_testlib import REDIRECT, RP, StubResolver, resolved_rp  # noqa: E402
+from stack_testlib import import_synthetic_registry, settings_for  # noqa: E402
 
 ROWS = list(synthetic_rows(6, seed=17))
 SCOPES = "openid urn:telematik:versicherter urn:telematik:display_name urn:telematik:alter"
@@ -74,19 +73,7 @@ class FakeRp:
 def settings(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Settings:
-    for name in list(os.environ):
-        if name.startswith("HEALTHID_"):
-            monkeypatch.delenv(name)
-    overrides: dict[str, object] = {
-        "data_dir": tmp_path / "data",
-        "enclave_workers": 1,
-        "trusted_proxies": ["testclient"],
-    }
-    if request.param == "postgres+redis":
-        overrides["database_url"] = request.getfixturevalue("pg_url")
-        overrides["redis_url"] = request.getfixturevalue("redis_url")
-        overrides["redis_prefix"] = request.getfixturevalue("redis_prefix")
-    return load_settings(**overrides)
+    return settings_for(request, tmp_path, monkeypatch, trusted_proxies=["testclient"])
 
 
 @pytest.fixture
@@ -96,29 +83,7 @@ def rp() -> FakeRp:
 
 @pytest.fixture
 def client(settings: Settings, rp: FakeRp) -> Iterator[TestClient]:
-    import asyncio
-
-    from healthid.host.registry_import import import_registry
-    from healthid.runtime import open_runtime
-
-    buf = io.StringIO()
-    write_registry(buf, 6, seed=17)
-
-    async def load() -> None:
-        runtime = await open_runtime(settings)
-        try:
-            assert (
-                await import_registry(
-                    runtime.enclave,
-                    runtime.policyholders,
-                    buf.getvalue().encode(),
-                    filename="r.csv",
-                )
-            ).ok
-        finally:
-            await runtime.aclose()
-
-    asyncio.run(load())
+    import_synthetic_registry(settings, 6, seed=17)
     with TestClient(build_app(settings, resolver=StubResolver(rp)), base_url=IDP) as c:
         yield c
 
@@ -403,27 +368,7 @@ def test_single_sign_on_is_reported_per_id_token_version(
 
     sso = settings.model_copy(update={"sso_window": 600})
     with TestClient(build_app(sso, resolver=StubResolver(rp)), base_url=IDP) as client:
-        import asyncio
-
-        from healthid.host.registry_import import import_registry
-        from healthid.runtime import open_runtime
-
-        buf = io.StringIO()
-        write_registry(buf, 6, seed=17)
-
-        async def load() -> None:
-            runtime = await open_runtime(sso)
-            try:
-                await import_registry(
-                    runtime.enclave,
-                    runtime.policyholders,
-                    buf.getvalue().encode(),
-                    filename="r.csv",
-                )
-            finally:
-                await runtime.aclose()
-
-        asyncio.run(load())
+        import_synthetic_registry(sso, 6, seed=17)
         wallet = enrolled_wallet(client, sso, tmp_path, ROWS[5])
         monkeypatch.setattr(oidc, "FRESH_LOGIN_SECONDS", -1)
         v1 = _id_token_for(client, rp, wallet, {})

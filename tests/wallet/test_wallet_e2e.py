@@ -3,8 +3,6 @@ recover after a lost phone — through the real app on SQLite and on PostgreSQL 
 
 from __future__ import annotations
 
-import io
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,10 +10,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from healthid.demo.egk_test_ca import TestEgkCa
-from healthid.demo.synthetic import synthetic_rows, write_registry
+from healthid.demo.synthetic import synthetic_rows
 from healthid.runtime import EGK_TEST_CA_DIR, build_app
-from healthid.settings import Settings, load_settings
+from healthid.settings import Settings
 from healthid.wallet.client import WalletClient, WalletClientError
+from stack_testlib import import_synthetic_registry, settings_for
 
 IDP = "http://testserver"
 
@@ -24,39 +23,13 @@ IDP = "http://testserver"
 def settings(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Settings:
-    for name in list(os.environ):
-        if name.startswith("HEALTHID_"):
-            monkeypatch.delenv(name)
-    overrides: dict[str, object] = {"data_dir": tmp_path / "data", "enclave_workers": 1}
-    if request.param == "postgres+redis":
-        overrides["database_url"] = request.getfixturevalue("pg_url")
-        overrides["redis_url"] = request.getfixturevalue("redis_url")
-        overrides["redis_prefix"] = request.getfixturevalue("redis_prefix")
-    return load_settings(**overrides)
+    return settings_for(request, tmp_path, monkeypatch)
 
 
 @pytest.fixture
 def registry(settings: Settings) -> list[dict[str, str]]:
     """Import a synthetic registry through the CLI path (enclave + SQL)."""
-    import asyncio
-
-    from healthid.host.registry_import import import_registry
-    from healthid.runtime import open_runtime
-
-    buf = io.StringIO()
-    write_registry(buf, 30, seed=3)
-
-    async def go() -> None:
-        rt = await open_runtime(settings)
-        try:
-            result = await import_registry(
-                rt.enclave, rt.policyholders, buf.getvalue().encode(), filename="r.csv"
-            )
-            assert result.ok
-        finally:
-            await rt.aclose()
-
-    asyncio.run(go())
+    import_synthetic_registry(settings, 30, seed=3)
     return list(synthetic_rows(30, seed=3))
 
 

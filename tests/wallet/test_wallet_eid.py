@@ -21,6 +21,7 @@ from healthid.eid.transport import TransportConfig
 from healthid.enclave.registry.model import Policyholder
 from healthid.settings import Settings, load_settings
 from healthid.wallet.client import WalletClient, WalletClientError
+from stack_testlib import import_synthetic_registry
 
 IDP = "http://testserver"
 STANDIN = "http://standin"
@@ -71,22 +72,8 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, standin: object) -
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    import asyncio
 
-    from healthid.host.registry_import import import_registry
-
-    async def load() -> None:
-        rt = await runtime.open_runtime(settings)
-        try:
-            assert (
-                await import_registry(
-                    rt.enclave, rt.policyholders, registry_bytes(), filename="r.csv"
-                )
-            ).ok
-        finally:
-            await rt.aclose()
-
-    asyncio.run(load())
+    import_synthetic_registry(settings, 12, seed=8)
     with TestClient(runtime.build_app(settings), base_url=IDP) as c:
         yield c
 
