@@ -488,21 +488,22 @@ class WalletService:
 
     # -- device management ------------------------------------------------------------------
     async def _session(self, token: str) -> dict[str, Any]:
+        return (await self._session_device(token))[0]
+
+    async def _session_device(self, token: str) -> tuple[dict[str, Any], DeviceRecord]:
+        """The session's state and its device, which must still be active."""
         state = await self._get(f"devsess:{token}") if token else None
         if state is None:
             raise Unauthorized("missing, unknown or expired device session")
         device = await self._devices.get(state["device_id"])
         if device is None or not device.active:
             raise Unauthorized("the device of this session was revoked")
-        return state
+        return state, device
 
     async def authenticated(self, session: str) -> tuple[str, Assurance, int]:
         """Who a fresh device session belongs to, the assurance it carries, and when it was
         established (for the authorization: consent with a device-key login)."""
-        state = await self._session(session)
-        device = await self._devices.get(state["device_id"])
-        if device is None:
-            raise Unauthorized("the device of this session was revoked")
+        state, device = await self._session_device(session)
         auth_time = int(state["auth_time"])
         return state["pseudonym"], self._assurance(device, auth_time), auth_time
 
