@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from healthid.host.wallet_service import TooManyRequests, WalletError, WalletService
+from healthid.protocol.jose.keys import b64url_encode
 
 MAX_BODY_BYTES = 128 * 1024
 B64URL = re.compile(r"[A-Za-z0-9_-]+")
@@ -53,8 +54,7 @@ def b64d(value: object, name: str) -> bytes:
         raise WalletError(f"{name} is not valid base64url") from None
 
 
-def b64e(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+b64e = b64url_encode
 
 
 async def _body(request: Request) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from healthid.host.wallet_errors import (
     WalletError,
 )
 from healthid.protocol import device_auth
+from healthid.protocol.jose.keys import b64url_decode, b64url_encode
 from healthid.protocol.oidc.loa import (
     Assurance,
     DeviceKeyClass,
@@ -99,18 +100,6 @@ class LoginResult:
     pseudonym: str = field(repr=False)
 
 
-def _b64(raw: bytes) -> str:
-    import base64
-
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    import base64
-
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 class WalletService:
     def __init__(
         self,
@@ -159,7 +148,7 @@ class WalletService:
         challenge = secrets.token_bytes(device_auth.CHALLENGE_BYTES)
         await self._put(
             f"enrol:{enrolment_id}",
-            {"challenge": _b64(challenge), "ip": ip, "started": self._now()},
+            {"challenge": b64url_encode(challenge), "ip": ip, "started": self._now()},
             ENROLMENT_TTL,
         )
         return Enrolment(enrolment_id=enrolment_id, challenge=challenge, expires_in=ENROLMENT_TTL)
@@ -182,7 +171,7 @@ class WalletService:
             lookup = await self._enclave.egk_prove(
                 certificate=certificate,
                 signature=signature,
-                challenge=_unb64(state["challenge"]),
+                challenge=b64url_decode(state["challenge"]),
                 intermediates=intermediates,
             )
         except ProofRejected as exc:
@@ -296,7 +285,7 @@ class WalletService:
             fmt=attestation_format,
             attestation=attestation,
             public_key=public_key,
-            challenge=_unb64(state["challenge"]),
+            challenge=b64url_decode(state["challenge"]),
         )
         pseudonym = state["pseudonym"]
         if not replace_devices and (
@@ -353,7 +342,7 @@ class WalletService:
         challenge = secrets.token_bytes(device_auth.CHALLENGE_BYTES)
         await self._put(
             f"authchal:{challenge_id}",
-            {"device_id": device_id, "challenge": _b64(challenge), "context": context},
+            {"device_id": device_id, "challenge": b64url_encode(challenge), "context": context},
             AUTH_CHALLENGE_TTL,
         )
         return challenge_id, challenge
@@ -397,18 +386,18 @@ class WalletService:
         if cached is not None:
             doc = json.loads(cached)
             device = DeviceRecord(
-                **(doc["device"] | {"public_key": _unb64(doc["device"]["public_key"])})
+                **(doc["device"] | {"public_key": b64url_decode(doc["device"]["public_key"])})
             )
-            wrapped = _unb64(doc["wrapped_key"]) if doc["wrapped_key"] else None
+            wrapped = b64url_decode(doc["wrapped_key"]) if doc["wrapped_key"] else None
             return device, doc["root_key_id"], wrapped
         found = await self._devices.get_with_key(device_id)
         if found is None or not found[0].active:
             return found
         device, root_key_id, wrapped = found
         doc = {
-            "device": device.__dict__ | {"public_key": _b64(device.public_key)},
+            "device": device.__dict__ | {"public_key": b64url_encode(device.public_key)},
             "root_key_id": root_key_id,
-            "wrapped_key": _b64(wrapped) if wrapped else None,
+            "wrapped_key": b64url_encode(wrapped) if wrapped else None,
         }
         await self._put(key, doc, DEVICE_CACHE_TTL)
         return found
@@ -433,7 +422,7 @@ class WalletService:
             raise failed
         device, root_key_id, wrapped_key = found
         try:
-            signed = device_auth.message(_unb64(state["challenge"]), device_id, counter)
+            signed = device_auth.message(b64url_decode(state["challenge"]), device_id, counter)
             if (
                 verify_login_assertion(
                     self._attestation,
