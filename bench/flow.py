@@ -39,6 +39,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from loadgen import LoadClient
+
 TARGET_FLOWS_PER_S = 400
 TARGET_CPU_MS = 2.5
 TARGET_P99_MS = 100
@@ -126,16 +128,25 @@ def serve(directory: str, db_url: str, prefix: str, port: int) -> None:
         trusted_proxies=["127.0.0.1"],
     )
     app = build_app(settings, resolver=Resolver())
+    # as `healthid serve` runs it: the client certificate header is believed only from the
+    # trusted proxies, which the app checks itself; uvicorn rewrites no addresses
+    options: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "log_level": "warning",
+        "access_log": False,
+        "proxy_headers": False,
+    }
     profile = os.environ.get("HEALTHID_BENCH_PROFILE")  # write cProfile stats of the server
     if not profile:
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        uvicorn.run(app, **options)
         return
     import cProfile
 
     profiler = cProfile.Profile()
     profiler.enable()
     try:
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        uvicorn.run(app, **options)
     finally:
         profiler.disable()
         profiler.dump_stats(profile)
@@ -217,9 +228,7 @@ async def run_level(
     timings: dict[str, list[float]] = defaultdict(list)
     counters = {device: int(time.time() * 1000) for _, device in wallets}
     done = 0
-    async with httpx.AsyncClient(
-        base_url=base, timeout=30, limits=httpx.Limits(max_connections=concurrency + 4)
-    ) as http:
+    async with LoadClient(base, connections=concurrency + 4) as http:
         config = (await http.get("/.well-known/openid-federation")).text
         config_jwks = json.loads(b64d(config.split(".")[1]))["jwks"]
         signed = verify_compact(
@@ -262,7 +271,9 @@ async def run_level(
             issued = (
                 await timed(
                     "challenge",
-                    http.post("/wallet/v1/auth/challenges", json={"device_id": device}, headers=ip),
+                    http.post(
+                        "/wallet/v1/auth/challenges", json_body={"device_id": device}, headers=ip
+                    ),
                 )
             ).json()
             counters[device] += 1
@@ -273,7 +284,7 @@ async def run_level(
                     http.post(
                         "/wallet/v1/auth/assertions",
                         headers=ip,
-                        json={
+                        json_body={
                             "challenge_id": issued["challenge_id"],
                             "device_id": device,
                             "counter": counters[device],
@@ -288,7 +299,7 @@ async def run_level(
                     http.post(
                         "/wallet/v1/authorizations",
                         headers={"Authorization": f"Bearer {session}"},
-                        json={
+                        json_body={
                             "client_id": RP,
                             "request_uri": request_uri,
                             "selected_claims": ["urn:telematik:claims:id"],
@@ -320,12 +331,15 @@ async def run_level(
                 await flow(slot)
 
         cpu_before = server_cpu_seconds(server_pid)
+        client_before = time.process_time()
         start = time.perf_counter()
         deadline = start + seconds
         await asyncio.gather(*(worker(i, deadline) for i in range(concurrency)))
         elapsed = time.perf_counter() - start
         cpu = server_cpu_seconds(server_pid) - cpu_before
+        client_cpu = time.process_time() - client_before
     return {
+        "client_cpu_ms_per_flow": client_cpu * 1000 / max(done, 1),
         "concurrency": concurrency,
         "flows": done,
         "elapsed": elapsed,
@@ -403,7 +417,8 @@ async def main(args: argparse.Namespace) -> int:
                 rate = r["flows"] / r["elapsed"]
                 print(
                     f"\nconcurrency {level}: {r['flows']} flows, {rate:7.1f} flows/s, "
-                    f"server CPU {r['cpu_ms_per_flow']:.1f} ms/flow"
+                    f"server CPU {r['cpu_ms_per_flow']:.2f} ms/flow "
+                    f"(this load generator: {r['client_cpu_ms_per_flow']:.2f} ms/flow)"
                 )
                 for endpoint, values in r["timings"].items():
                     p50, p99 = pct(values, 0.5), pct(values, 0.99)
@@ -459,4 +474,6 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--wallets", type=int, default=64)
-    sys.exit(asyncio.run(main(parser.parse_args())))
+    import uvloop
+
+    sys.exit(uvloop.run(main(parser.parse_args())))

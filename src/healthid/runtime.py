@@ -101,6 +101,7 @@ def build_enclave(
     )
 
 
+KEY_RING_CACHE_SECONDS = 5  # each worker rereads the signing-key schedule this often
 DEV_FEDMASTER_URL = "http://127.0.0.1:8081"  # `healthid fedmaster` in development
 KOMP_TEST_CA_DIR = "komp-test-ca"
 
@@ -131,7 +132,21 @@ def provider_configuration(settings: Settings) -> ProviderConfiguration:
 
 
 def token_certificate_chains(settings: Settings) -> Callable[[dict[str, Any]], list[str]]:
-    """x5c for an ID-token key: configured Komp-PKI chains, or the test CA in development."""
+    """x5c for an ID-token key: configured Komp-PKI chains, or the test CA in development;
+    read once per key and process (every ID token carries it)."""
+    chains = _token_certificate_chains(settings)
+    memo: dict[str, list[str]] = {}
+
+    def cached(jwk: dict[str, Any]) -> list[str]:
+        kid = str(jwk["kid"])
+        if kid not in memo:
+            memo[kid] = chains(jwk)
+        return list(memo[kid])
+
+    return cached
+
+
+def _token_certificate_chains(settings: Settings) -> Callable[[dict[str, Any]], list[str]]:
     if settings.token_certificates_dir is not None:
         directory = settings.token_certificates_dir
 
@@ -256,6 +271,7 @@ class Runtime:
             repository=SqlKeyRingRepository(self.engine),
             clock=lambda: int(time.time()),
             max_signed_lifetime=KEY_PURPOSES[purpose],
+            cache_seconds=KEY_RING_CACHE_SECONDS,
         )
 
     def federation_publisher(self) -> FederationPublisher:

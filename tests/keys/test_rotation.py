@@ -254,3 +254,44 @@ async def test_key_is_destroyed_when_it_cannot_be_recorded(
     with pytest.raises(DuplicateKey):
         await ring.ensure(PURPOSE)
     assert store.list_kids() == []
+
+
+async def test_a_cached_ring_still_switches_to_the_next_key_on_time(
+    store: FileKeyStore, repository: InMemoryKeyRingRepository, clock: FakeClock
+) -> None:
+    """A worker that cached the ring (short, below the publish lead) signs with the next key
+    exactly at its activation time, and sees a rotation by another process within the cache
+    time at the latest."""
+    worker = KeyRing(
+        store=store,
+        repository=repository,
+        clock=clock,
+        max_signed_lifetime=LIFETIME,
+        cache_seconds=3600,
+    )
+    other = KeyRing(store=store, repository=repository, clock=clock, max_signed_lifetime=LIFETIME)
+    old = await other.ensure(PURPOSE)
+    assert old is not None and (await worker.active(PURPOSE)).kid == old.kid
+    new = await other.rotate(PURPOSE)  # another process: the worker's cache is now stale
+    await repository.remove(old.kid)  # (a key removed by hand, to show the cache is used)
+    assert (await worker.active(PURPOSE)).kid == old.kid  # served from the cache
+    worker._cache.clear()  # the cache time has passed
+    clock.now = new.activate_at - 1
+    with pytest.raises(NoActiveKey):
+        await worker.active(PURPOSE)  # only the next key is left, and it is not active yet
+    clock.now = new.activate_at
+    assert (await worker.active(PURPOSE)).kid == new.kid  # on time, from the cached ring
+
+
+def test_ring_cache_must_stay_below_the_publish_lead(
+    store: FileKeyStore, repository: InMemoryKeyRingRepository, clock: FakeClock
+) -> None:
+    with pytest.raises(ValueError, match="cache_seconds"):
+        KeyRing(
+            store=store,
+            repository=repository,
+            clock=clock,
+            max_signed_lifetime=LIFETIME,
+            publish_lead=10,
+            cache_seconds=10,
+        )

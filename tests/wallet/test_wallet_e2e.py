@@ -78,6 +78,35 @@ def test_enrol_login_revoke_and_recover(
     assert kinds.count(True) == 1
 
 
+def test_open_sessions_of_a_revoked_device_are_refused(
+    client: TestClient, settings: Settings, registry: list[dict[str, str]], tmp_path: Path
+) -> None:
+    card = card_for(settings, registry[5])
+    phone = WalletClient(IDP, tmp_path / "phone", http=client)
+    phone.enroll_with_egk(card)
+    tablet = WalletClient(IDP, tmp_path / "tablet", http=client)
+    tablet.enroll_with_egk(card)
+    tablet_session = tablet.login().session
+    phone_session = phone.login().session
+
+    def devices(session: str) -> int:
+        return client.get(
+            f"{IDP}/wallet/v1/devices", headers={"Authorization": f"Bearer {session}"}
+        ).status_code
+
+    assert devices(tablet_session) == 200
+    phone.revoke(tablet.state()["device_id"])
+    assert devices(tablet_session) == 401  # the session outlives its device no longer
+    assert devices(phone_session) == 200  # other devices' sessions are untouched
+
+    # recovery revokes every old device: the phone's open session ends too
+    WalletClient(IDP, tmp_path / "new", http=client).enroll_with_egk(card, replace_devices=True)
+    assert devices(phone_session) == 401
+    # a forged session token for a live device is refused, not an error
+    assert devices(f"{phone.state()['device_id']}.{'A' * 43}") == 401
+    assert devices("not-a-session") == 401
+
+
 def test_two_people_enrol_and_authenticate_independently(
     client: TestClient, settings: Settings, registry: list[dict[str, str]], tmp_path: Path
 ) -> None:

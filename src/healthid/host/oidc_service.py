@@ -11,6 +11,7 @@ fetches, stores and calls.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import secrets
 import time
@@ -178,13 +179,26 @@ class OidcService:
         """The insurer app's answer: consent + a fresh device-key login. Returns the Location."""
         query = {"client_id": [client_id], "request_uri": [request_uri]}
         request = authorize.parse_authorization_request(query)
-        raw = await self._store.consume(f"par:{request.request_uri}")  # single use
+        try:
+            session_keys = self._wallet.session_keys(session)
+        except WalletError:
+            session_keys = None  # refused below, once the request itself has been checked
+        # one round trip: the PAR (single use) and the device session with its revocation mark
+        par_key = f"par:{request.request_uri}"
+        if session_keys is None:
+            raw = await self._store.consume(par_key)
+            session_raw: list[bytes | None] = [None, None]
+        else:
+            raw, session_raw = await self._store.consume_and_get(par_key, list(session_keys))
         stored = None if raw is None else _load(par.ParRequest, raw)
         pending = authorize.check_authorization_request(request, stored, now=self._now())
         try:
-            pseudonym, assurance, auth_time = await self._wallet.authenticated(session)
+            if session_keys is None:
+                self._wallet.session_keys(session)  # raises the session error
+            state, assurance = self._wallet.session_from(*session_raw)
         except WalletError as exc:
             return authorize.error_redirect(pending, AccessDeniedError(exc.description))
+        pseudonym, auth_time = state["pseudonym"], int(state["auth_time"])
         age = self._now() - auth_time
         if age > FRESH_LOGIN_SECONDS:
             if not self._sso_window or age > self._sso_window:  # SSO off, or too old
@@ -269,16 +283,23 @@ def client_certificate(
 ) -> bytes | None:
     """The mTLS client certificate (DER) forwarded by the TLS terminator in ``X-SSL-CERT``
     (URL-encoded PEM) — believed only from a configured trusted proxy address."""
-    from urllib.parse import unquote
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     value = headers.get("x-ssl-cert")
     if not value or peer is None or peer not in trusted_proxies:
         return None
     if len(value) > MAX_CERT_HEADER_CHARS:
         raise InvalidRequestError("client certificate header too large")
+    return _certificate_der(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _certificate_der(value: str) -> bytes:
+    """The DER of a URL-encoded PEM certificate; the few RPs' certificates come again and
+    again, so each is parsed once (a malformed one raises and is not cached)."""
+    from urllib.parse import unquote
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     try:
         cert = x509.load_pem_x509_certificate(unquote(value).encode("ascii"))
     except (ValueError, UnicodeEncodeError):

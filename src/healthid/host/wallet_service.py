@@ -10,9 +10,10 @@ and never say whether someone is insured.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,8 @@ AUTH_CHALLENGE_TTL = 120  # seconds a login challenge is valid (single use)
 DEVICE_SESSION_TTL = 300  # seconds a device session (device management) is valid
 MAX_DEVICES_PER_PERSON = 5
 DEVICE_ID_BYTES = 16
+_DEVICE_ID = re.compile(f"[0-9a-f]{{{2 * DEVICE_ID_BYTES}}}")
+_SESSION_SECRET = re.compile(r"[A-Za-z0-9_-]{43}")  # token_urlsafe(32)
 DEVICE_CACHE_TTL = 600  # seconds a device's public record is cached for logins
 
 
@@ -306,8 +309,8 @@ class WalletService:
             created_at=now,
         )
         await self._devices.add(device, revoke_others_at=now if replace_devices else None)
-        for old in before if replace_devices else ():
-            await self._store.delete(f"devrec:{old}")
+        if replace_devices:
+            await self._mark_revoked(sorted(before), now)
         revoked = len(before) if replace_devices else 0
         kind = "recovered" if replace_devices else "enrolled"
         await self._history(pseudonym, HistoryEvent(kind=kind, at=now, detail=state["method"]))
@@ -461,10 +464,18 @@ class WalletService:
         ):
             raise failed  # a counter that did not go up (replay / clone), or just revoked
         now = self._now()
-        session = secrets.token_urlsafe(32)
+        session = f"{device_id}.{secrets.token_urlsafe(32)}"
         await self._put(
             f"devsess:{session}",
-            {"pseudonym": device.pseudonym, "device_id": device_id, "auth_time": now},
+            {
+                "pseudonym": device.pseudonym,
+                "device_id": device_id,
+                "auth_time": now,
+                # what the assurance of this login rests on, as the device was bound
+                "key_class": device.key_class,
+                "proofing_method": device.proofing_method,
+                "proofed_at": device.proofed_at,
+            },
             self._session_ttl,
         )
         return LoginResult(
@@ -476,25 +487,52 @@ class WalletService:
         )
 
     # -- device management ------------------------------------------------------------------
-    async def _session(self, token: str) -> dict[str, Any]:
-        return (await self._session_device(token))[0]
+    def session_keys(self, token: str) -> tuple[str, str]:
+        """The ephemeral-store keys of a device session and of its device's revocation mark.
 
-    async def _session_device(self, token: str) -> tuple[dict[str, Any], DeviceRecord]:
-        """The session's state and its device, which must still be active."""
-        state = await self._get(f"devsess:{token}") if token else None
-        if state is None:
+        A session token is ``<device id>.<secret>``, so both are read in one round trip.
+        """
+        device_id, dot, secret = token.partition(".")
+        if not dot or not _DEVICE_ID.fullmatch(device_id) or not _SESSION_SECRET.fullmatch(secret):
             raise Unauthorized("missing, unknown or expired device session")
-        device = await self._devices.get(state["device_id"])
-        if device is None or not device.active:
+        return f"devsess:{token}", f"devrevoked:{device_id}"
+
+    def session_from(
+        self, state_raw: bytes | None, revoked_raw: bytes | None
+    ) -> tuple[dict[str, Any], Assurance]:
+        """Check a session read with :meth:`session_keys`: it exists and its device was not
+        revoked since (revocation marks the device in the ephemeral store for as long as any
+        of its sessions can live, after the SQL update that revokes it)."""
+        if state_raw is None:
+            raise Unauthorized("missing, unknown or expired device session")
+        if revoked_raw is not None:
             raise Unauthorized("the device of this session was revoked")
-        return state, device
+        state = dict(json.loads(state_raw))
+        auth_time = int(state["auth_time"])
+        assurance = derive_assurance(
+            method=ProofingMethod(state["proofing_method"]),
+            key_class=DeviceKeyClass(state["key_class"]),
+            proofed_at=int(state["proofed_at"]),
+            now=auth_time,
+        )
+        return state, assurance
+
+    async def _session(self, token: str) -> dict[str, Any]:
+        state_raw, revoked_raw = await self._store.get_many(list(self.session_keys(token)))
+        return self.session_from(state_raw, revoked_raw)[0]
 
     async def authenticated(self, session: str) -> tuple[str, Assurance, int]:
         """Who a fresh device session belongs to, the assurance it carries, and when it was
         established (for the authorization: consent with a device-key login)."""
-        state, device = await self._session_device(session)
-        auth_time = int(state["auth_time"])
-        return state["pseudonym"], self._assurance(device, auth_time), auth_time
+        state_raw, revoked_raw = await self._store.get_many(list(self.session_keys(session)))
+        state, assurance = self.session_from(state_raw, revoked_raw)
+        return state["pseudonym"], assurance, int(state["auth_time"])
+
+    async def _mark_revoked(self, device_ids: Collection[str], now: int) -> None:
+        """After the SQL revocation: end the devices' open sessions and drop cached records."""
+        for device_id in device_ids:
+            await self._store.put(f"devrevoked:{device_id}", str(now).encode(), self._session_ttl)
+            await self._store.delete(f"devrec:{device_id}")
 
     async def list_devices(self, session: str) -> list[dict[str, Any]]:
         state = await self._session(session)
@@ -516,7 +554,7 @@ class WalletService:
         now = self._now()
         if not await self._devices.revoke(device_id, state["pseudonym"], now):
             raise NotFound("no such active device")
-        await self._store.delete(f"devrec:{device_id}")
+        await self._mark_revoked([device_id], now)
         await self._history(
             state["pseudonym"], HistoryEvent(kind="device_revoked", at=now, device_id=device_id)
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
@@ -225,16 +226,38 @@ class KeyRing:
         clock: Clock,
         max_signed_lifetime: int,
         publish_lead: int = PUBLISH_LEAD,
+        cache_seconds: float = 0,
     ) -> None:
+        """``cache_seconds``: how long a process may reuse the ring it read to find the
+        active key (the hot path asks on every token; publication always reads afresh). It
+        must stay below ``publish_lead``: a key is in the ring that long before it signs, so
+        a cached ring still activates it on time; a key removed by hand stops signing at
+        most ``cache_seconds`` later."""
         if max_signed_lifetime <= 0:
             raise ValueError("max_signed_lifetime must be positive")
         if publish_lead < 0:
             raise ValueError("publish_lead must not be negative")
+        if cache_seconds < 0 or (cache_seconds and cache_seconds >= publish_lead):
+            raise ValueError("cache_seconds must be non-negative and below publish_lead")
         self._store = store
         self._repository = repository
         self._clock = clock
         self._max_signed_lifetime = max_signed_lifetime
         self._publish_lead = publish_lead
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, builtins.list[KeyRecord]]] = {}
+
+    async def _records(self, purpose: str) -> builtins.list[KeyRecord]:
+        """The ring of ``purpose``, from the repository or the short-lived process cache."""
+        if not self._cache_seconds:
+            return await self._repository.list(purpose)
+        now = time.monotonic()
+        hit = self._cache.get(purpose)
+        if hit is not None and now - hit[0] < self._cache_seconds:
+            return hit[1]
+        records = await self._repository.list(purpose)
+        self._cache[purpose] = (now, records)
+        return records
 
     async def _generate(self, purpose: str) -> KeyInfo:
         info = await asyncio.to_thread(self._store.generate, purpose)
@@ -245,6 +268,7 @@ class KeyRing:
     async def _add_or_discard(self, record: KeyRecord) -> None:
         """Record a freshly generated key; if that fails, destroy it again."""
         try:
+            self._cache.clear()
             await self._repository.add(record)
         except BaseException:
             with contextlib.suppress(KeyStoreError):
@@ -286,11 +310,12 @@ class KeyRing:
         )
         await self._add_or_discard(successor)
         await self._repository.update(retiring)
+        self._cache.clear()
         return successor
 
     async def active(self, purpose: str) -> KeyRecord:
         """The key that signs for ``purpose`` now (``NoActiveKey`` if none may)."""
-        return active_key(await self._repository.list(purpose), self._clock())
+        return active_key(await self._records(purpose), self._clock())
 
     async def published(self, purpose: str) -> list[KeyRecord]:
         """The keys to publish for ``purpose`` now (the next one included)."""
@@ -317,6 +342,7 @@ class KeyRing:
                     pass  # already destroyed by an earlier, interrupted prune
             try:
                 await self._repository.remove(record.kid)
+                self._cache.clear()
             except KeyNotFound:
                 pass  # pruned concurrently
             pruned.append(record.kid)

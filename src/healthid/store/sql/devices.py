@@ -8,6 +8,7 @@ from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from healthid.store.sql.engine import autocommit
 from healthid.store.sql.schema import devices, history, policyholders
 
 MAX_HISTORY_EVENTS = 1000  # events returned per listing, newest first
@@ -80,6 +81,7 @@ class HistoryEntry:
 class DeviceRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._reader = autocommit(engine)
 
     async def add(self, device: DeviceRecord, *, revoke_others_at: int | None = None) -> None:
         """Store a new device; with ``revoke_others_at`` revoke the owner's other devices in
@@ -94,7 +96,7 @@ class DeviceRepository:
             await conn.execute(insert(devices).values(**device.__dict__))
 
     async def get(self, device_id: str) -> DeviceRecord | None:
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             row = (
                 (await conn.execute(select(devices).where(devices.c.device_id == device_id)))
                 .mappings()
@@ -103,7 +105,7 @@ class DeviceRepository:
         return _record(row) if row else None
 
     async def list_for(self, pseudonym: str) -> list[DeviceRecord]:
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             rows = (
                 await conn.execute(
                     select(devices)
@@ -114,7 +116,7 @@ class DeviceRepository:
             return [_record(r) for r in rows]
 
     async def count_active(self, pseudonym: str) -> int:
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             result = await conn.execute(
                 select(func.count())
                 .select_from(devices)
@@ -140,7 +142,7 @@ class DeviceRepository:
         self, device_id: str
     ) -> tuple[DeviceRecord, str | None, bytes | None] | None:
         """The device with its owner's wrapped data key (for sealing history), one query."""
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             row = (await conn.execute(_GET_WITH_KEY, {"d": device_id})).mappings().first()
         if row is None:
             return None
@@ -211,7 +213,7 @@ class DeviceRepository:
             )
 
     async def list_history(self, pseudonym: str) -> list[HistoryEntry]:
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             rows = await conn.execute(
                 select(history.c.event_id, history.c.created_at, history.c.ciphertext)
                 .where(history.c.pseudonym == pseudonym)

@@ -15,6 +15,13 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # PostgreSQL pool size per process; many workers share the server's connection limit.
 POOL_SIZE = 10
 STATEMENT_TIMEOUT_MS = 30_000
+POOL_RECYCLE_S = 1800
+
+
+def autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine (and pool) for single-statement reads and writes: no BEGIN/ROLLBACK
+    round trips around a statement that is atomic by itself."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
@@ -37,7 +44,9 @@ def create_engine(url: str) -> AsyncEngine:
     return create_async_engine(
         url,
         pool_size=POOL_SIZE,
-        pool_pre_ping=True,
+        # No pre-ping (a round trip per checkout): a connection that died with the server
+        # fails its request once, and SQLAlchemy then invalidates the whole pool.
+        pool_recycle=POOL_RECYCLE_S,
         connect_args={"server_settings": {"statement_timeout": str(STATEMENT_TIMEOUT_MS)}},
     )
 

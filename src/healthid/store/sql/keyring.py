@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from healthid.keys.base import KeyNotFound, KeyStoreError
 from healthid.keys.rotation import DuplicateKey, KeyRecord
+from healthid.store.sql.engine import autocommit
 from healthid.store.sql.schema import signing_keys
 
 
@@ -52,6 +53,7 @@ class SqlKeyRingRepository:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._reader = autocommit(engine)
 
     async def add(self, record: KeyRecord) -> None:
         statement = insert(signing_keys).values(
@@ -76,7 +78,7 @@ class SqlKeyRingRepository:
             .where(signing_keys.c.purpose == purpose)
             .order_by(signing_keys.c.activate_at, signing_keys.c.created_at, signing_keys.c.kid)
         )
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             rows = (await conn.execute(statement)).all()
         return [_record(row) for row in rows]
 

@@ -8,19 +8,31 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from healthid.enclave.api import SealedPolicyholder, SealedRecord
+from healthid.store.sql.engine import autocommit
 from healthid.store.sql.schema import lookup_indexes, policyholders, records
 
 IN_CHUNK = 1000  # bound on the size of one IN (...) list
 _TABLES = (policyholders, records, lookup_indexes)
+_HEAD, _RECORD, _INDEX = 0, 1, 2
+# The head row first (UNION ALL keeps branch order in practice; ORDER BY makes it certain).
+_GET_ONE = text(
+    "SELECT 0 AS part, root_key_id AS name, 0 AS version, kvnr_index AS b1, wrapped_key AS b2"
+    " FROM policyholders WHERE pseudonym = :p"
+    " UNION ALL SELECT 1, record_type, version, ciphertext, NULL FROM records"
+    " WHERE pseudonym = :p"
+    " UNION ALL SELECT 2, kind, 0, digest, NULL FROM lookup_indexes WHERE pseudonym = :p"
+    " ORDER BY part"
+)
 
 
 class PolicyholderRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._reader = autocommit(engine)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -133,9 +145,25 @@ class PolicyholderRepository:
         ]
 
     async def get(self, pseudonym: str) -> SealedPolicyholder | None:
-        async with self._engine.connect() as conn:
-            found = await self._load(conn, [pseudonym])
-        return found[0] if found else None
+        """One policyholder with records and indexes: one statement, one round trip (it runs
+        for every ID token), read from one snapshot."""
+        async with self._reader.connect() as conn:
+            rows = (await conn.execute(_GET_ONE, {"p": pseudonym})).all()
+        if not rows or rows[0].part != _HEAD:
+            return None
+        head = rows[0]
+        return SealedPolicyholder(
+            pseudonym=pseudonym,
+            kvnr_index=bytes(head.b1),
+            root_key_id=head.name or "",
+            wrapped_key=bytes(head.b2) if head.b2 is not None else None,
+            records=tuple(
+                SealedRecord(record_type=r.name, version=r.version, ciphertext=bytes(r.b1))
+                for r in rows
+                if r.part == _RECORD
+            ),
+            lookup_indexes=tuple(sorted((r.name, bytes(r.b1)) for r in rows if r.part == _INDEX)),
+        )
 
     async def find_by_kvnr_index(self, digest: bytes) -> SealedPolicyholder | None:
         async with self._engine.connect() as conn:
@@ -175,7 +203,7 @@ class PolicyholderRepository:
                 await conn.execute(lookup_indexes.insert(), rows)
 
     async def count(self) -> int:
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             return int(
                 (await conn.execute(select(func.count()).select_from(policyholders))).scalar_one()
             )
