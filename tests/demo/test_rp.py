@@ -174,9 +174,10 @@ def federation(
     # The IdP registers the RP through the real registry: master → RP entity configuration.
     registry_router = Router()
     fetcher = GuardedFetcher(development=True, transport=registry_router)
+    registry_store = open_ephemeral_store(settings.redis_url, prefix=settings.redis_prefix)
     registry = RelyingPartyRegistry(
         fetcher,
-        open_ephemeral_store(settings.redis_url, prefix=settings.redis_prefix),
+        registry_store,
         master_entity_id=MASTER,
         master_jwks=master_public_jwks(master_key),
         clock=time.time,
@@ -220,6 +221,7 @@ def federation(
         rp_app = fed.rp_app()
         registry_router.hosts["rp.example"] = httpx.ASGITransport(app=rp_app)
         yield fed
+        idp.portal.call(registry_store.aclose)  # type: ignore[union-attr]  # on the app's loop
 
 
 def _self_jwks(idp: TestClient, idp_url: str) -> dict[str, Any]:

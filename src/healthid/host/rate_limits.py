@@ -68,6 +68,15 @@ class RateLimiter:
     async def count(self, name: str, subject: str, rule: RateLimit) -> None:
         await self._store.incr(counter_key(name, subject), rule.window)
 
+    async def take_and_put(
+        self, name: str, subject: str, rule: RateLimit, key: str, value: bytes, ttl: float
+    ) -> None:
+        """:meth:`take`, storing ``key`` in the same round trip; refused, it is removed."""
+        counter = counter_key(name, subject)
+        if await self._store.incr_and_put(counter, rule.window, key, value, ttl) > rule.limit:
+            await self._store.delete(key)
+            await self._refuse(counter, rule, "requests")
+
     async def take(self, name: str, subject: str, rule: RateLimit) -> None:
         """Count this attempt and refuse it when it is over the limit (one round trip)."""
         key = counter_key(name, subject)

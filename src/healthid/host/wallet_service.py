@@ -340,12 +340,15 @@ class WalletService:
     async def login_challenge(
         self, device_id: str, *, ip: str, context: str = ""
     ) -> tuple[str, bytes]:
-        await self._rate.take("chal_ip", ip, self._limits.challenges_per_ip)
         challenge_id = secrets.token_urlsafe(18)
         challenge = secrets.token_bytes(device_auth.CHALLENGE_BYTES)
-        await self._put(
+        state = {"device_id": device_id, "challenge": b64url_encode(challenge), "context": context}
+        await self._rate.take_and_put(
+            "chal_ip",
+            ip,
+            self._limits.challenges_per_ip,
             f"authchal:{challenge_id}",
-            {"device_id": device_id, "challenge": b64url_encode(challenge), "context": context},
+            json.dumps(state).encode(),
             AUTH_CHALLENGE_TTL,
         )
         return challenge_id, challenge

@@ -218,6 +218,26 @@ async def test_consume_and_get_has_exactly_one_winner(harness: Harness) -> None:
     assert [r[0] for r in results].count(b"once") == 1
 
 
+async def test_incr_and_put_counts_and_stores_together(harness: Harness) -> None:
+    counts = [
+        await harness.store.incr_and_put("ip:counter", 60, f"ip:value{i}", b"v%d" % i, 30)
+        for i in range(3)
+    ]
+    assert counts == [1, 2, 3]
+    assert await harness.store.get_many(["ip:value0", "ip:value2", "ip:counter"]) == [
+        b"v0",
+        b"v2",
+        b"3",
+    ]
+    counter_ttl = await harness.store.ttl("ip:counter")
+    value_ttl = await harness.store.ttl("ip:value2")
+    assert counter_ttl is not None and 30 < counter_ttl <= 60  # the window, not the value's
+    assert value_ttl is not None and value_ttl <= 30
+    with pytest.raises(InvalidValueError):
+        await harness.store.incr_and_put("ip:counter", 60, "ip:bad", "not bytes", 30)  # type: ignore[arg-type]
+    assert await harness.store.get("ip:counter") == b"3"  # refused before anything was written
+
+
 async def test_get_many_rejects_empty_and_oversized_key_lists(harness: Harness) -> None:
     from healthid.store.ephemeral.base import MAX_MANY_KEYS, InvalidKeyError
 

@@ -16,6 +16,7 @@ carry only random handles, hashes or pseudonyms, never personal data (CONVENTION
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Final, Protocol
 
@@ -103,6 +104,13 @@ class EphemeralStore(Protocol):
         trip (a login consumes its challenge and reads its rate counters together)."""
         ...
 
+    async def incr_and_put(
+        self, counter: str, window: float, key: str, value: bytes, ttl: float
+    ) -> int:
+        """:meth:`incr` ``counter`` (fixed window) and :meth:`put` ``key``, atomically, in one
+        round trip (a login challenge counts against its address as it is stored)."""
+        ...
+
     async def consume(self, key: str) -> bytes | None:
         """Atomically return and delete the value: exactly one caller ever gets it.
 
@@ -148,6 +156,9 @@ def validate_keys(keys: Sequence[str]) -> None:
         validate_key(key)
 
 
+_KEY_CHARS = re.compile(f"[{re.escape(chr(MIN_KEY_CHAR))}-{re.escape(chr(MAX_KEY_CHAR))}]+")
+
+
 def validate_key(key: str) -> None:
     """Refuse keys that are not 1..MAX_KEY_LENGTH printable ASCII characters without space."""
     if not isinstance(key, str):
@@ -156,7 +167,7 @@ def validate_key(key: str) -> None:
         raise InvalidKeyError("key must not be empty")
     if len(key) > MAX_KEY_LENGTH:
         raise InvalidKeyError(f"key is longer than {MAX_KEY_LENGTH} characters")
-    if not all(MIN_KEY_CHAR <= ord(char) <= MAX_KEY_CHAR for char in key):
+    if not _KEY_CHARS.fullmatch(key):
         raise InvalidKeyError("key must be printable ASCII without spaces or control characters")
 
 

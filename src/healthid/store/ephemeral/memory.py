@@ -77,7 +77,7 @@ class MemoryEphemeralStore:
         self._max_entries = max_entries
         self._entries: dict[str, _Entry] = {}
         self._expiries: list[tuple[float, str]] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # incr_and_put holds it around incr and put
         self._closed = False
 
     def __len__(self) -> int:
@@ -173,6 +173,18 @@ class MemoryEphemeralStore:
             else:
                 # Same expiry as before: the window is fixed when the counter is created.
                 self._entries[key] = _Entry(value=str(count).encode(), expires_at=entry.expires_at)
+            return count
+
+    async def incr_and_put(
+        self, counter: str, window: float, key: str, value: bytes, ttl: float
+    ) -> int:
+        """:meth:`incr` and :meth:`put` under one lock: nothing sees one without the other."""
+        validate_key(key)
+        validate_value(value)
+        validate_ttl(ttl)
+        with self._lock:  # re-entrant: incr and put take it again
+            count = await self.incr(counter, window)
+            await self.put(key, value, ttl)
             return count
 
     async def ttl(self, key: str) -> float | None:

@@ -21,6 +21,7 @@ must not be silently sent again, the caller fails closed instead.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -61,6 +62,7 @@ DEFAULT_PREFIX: Final = "healthid:"
 MAX_PREFIX_LENGTH: Final = 64
 """Longest prefix in characters (printable ASCII without space, like keys)."""
 SOCKET_CONNECT_TIMEOUT_SECONDS: Final = 0.5
+LANES: Final = 8  # connections per process that carry the commands, each one at a time
 """TCP connect timeout: Redis sits next to the host; a slow connect means it is down."""
 SOCKET_TIMEOUT_SECONDS: Final = 1.0
 """Read/write timeout per command: every command here is O(1) on the server."""
@@ -84,6 +86,24 @@ end
 return count
 """
 """Fixed-window counter, atomic because Redis runs a script as one unit."""
+
+INCR_AND_SET_SCRIPT: Final = (
+    INCR_SCRIPT.replace("return count\n", "")
+    + """-- KEYS[2]: value key; ARGV[3]: value; ARGV[4]: its TTL in milliseconds.
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+return count
+"""
+)
+""":data:`INCR_SCRIPT` and a ``SET`` in one atomic unit and one round trip."""
+
+CONSUME_AND_GET_SCRIPT: Final = """
+-- KEYS[1]: consumed (GETDEL); KEYS[2..]: read. Absent values come back as false.
+local out = {redis.call('GET', KEYS[1])}
+if out[1] then redis.call('DEL', KEYS[1]) end
+for i = 2, #KEYS do out[i] = redis.call('GET', KEYS[i]) end
+return out
+"""
+""":meth:`RedisEphemeralStore.consume_and_get`: ``GETDEL`` and reads, atomically."""
 
 _UNAVAILABLE: Final = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 """Errors meaning the backend cannot serve us now (ReadOnlyError: failover in progress)."""
@@ -152,14 +172,22 @@ class RedisEphemeralStore:
         *,
         prefix: str = DEFAULT_PREFIX,
         owns_client: bool = False,
+        lanes: Sequence[aioredis.Redis] = (),
     ) -> None:
+        """``lanes``: clients that each keep one connection (``single_connection_client``),
+        used in turn for commands; redis-py's pool costs more CPU per command than the
+        command itself. Without lanes every command goes through ``client``."""
         validate_prefix(prefix)
         if client.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError("the Redis client must not decode responses: values are bytes")
         self._client = client
+        self._lanes = tuple(lanes) or (client,)
+        self._next_lane = itertools.cycle(range(len(self._lanes))).__next__
         self._prefix = prefix
         self._owns_client = owns_client
         self._incr = client.register_script(INCR_SCRIPT)
+        self._incr_and_set = client.register_script(INCR_AND_SET_SCRIPT)
+        self._consume_and_get = client.register_script(CONSUME_AND_GET_SCRIPT)
         self._version_checked = False
         self._closed = False
 
@@ -174,7 +202,18 @@ class RedisEphemeralStore:
             retry=Retry(NoBackoff(), COMMAND_RETRIES),
             decode_responses=False,
         )
-        return cls(client, prefix=prefix, owns_client=True)
+        lanes = [
+            aioredis.Redis.from_url(
+                url,
+                socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_SECONDS,
+                socket_timeout=SOCKET_TIMEOUT_SECONDS,
+                retry=Retry(NoBackoff(), COMMAND_RETRIES),
+                decode_responses=False,
+                single_connection_client=True,
+            )
+            for _ in range(LANES)
+        ]
+        return cls(client, prefix=prefix, owns_client=True, lanes=lanes)
 
     @property
     def prefix(self) -> str:
@@ -187,7 +226,7 @@ class RedisEphemeralStore:
         validate_ttl(ttl)
         name = self._name(key)
         with _backend_errors():
-            await self._client.set(name, value, px=ttl_to_ms(ttl))
+            await self._lane().set(name, value, px=ttl_to_ms(ttl))
 
     async def put_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         """``SET key value NX PX ttl``: first writer wins (RFC 7523 §3 replay cache)."""
@@ -195,48 +234,48 @@ class RedisEphemeralStore:
         validate_ttl(ttl)
         name = self._name(key)
         with _backend_errors():
-            stored = await self._client.set(name, value, nx=True, px=ttl_to_ms(ttl))
+            stored = await self._lane().set(name, value, nx=True, px=ttl_to_ms(ttl))
         return stored is True
 
     async def get(self, key: str) -> bytes | None:
         """``GET key``."""
         name = self._name(key)
         with _backend_errors():
-            return _as_bytes(await self._client.get(name))
+            return _as_bytes(await self._lane().get(name))
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """``MGET``: one round trip."""
         validate_keys(keys)
         names = [self._name(k) for k in keys]
         with _backend_errors():
-            values = await self._client.mget(names)
+            values = await self._lane().mget(names)
         return [_as_bytes(v) for v in values]
 
     async def consume_and_get(
         self, key: str, others: Sequence[str]
     ) -> tuple[bytes | None, list[bytes | None]]:
-        """``MULTI; GETDEL key; MGET others; EXEC``: atomic, one round trip."""
+        """:data:`CONSUME_AND_GET_SCRIPT`: atomic, one round trip (a script, not ``MULTI``:
+        redis-py's transactions cost several times the commands)."""
         validate_keys(others)
-        name = self._name(key)
-        names = [self._name(k) for k in others]
+        names = [self._name(key), *(self._name(k) for k in others)]
         with _backend_errors():
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.getdel(name)
-                pipe.mget(names)
-                consumed, values = await pipe.execute()
-        return _as_bytes(consumed), [_as_bytes(v) for v in values]
+            result = await self._consume_and_get(keys=names, args=[], client=self._lane())
+        if not isinstance(result, list) or len(result) != len(names):
+            raise EphemeralStoreError("the consume script returned an unexpected reply")
+        consumed, *values = (_as_bytes(v) for v in result)
+        return consumed, values
 
     async def consume(self, key: str) -> bytes | None:
         """``GETDEL key``: one atomic command, so one caller wins (CONVENTIONS 14)."""
         name = self._name(key)
         with _backend_errors():
-            return _as_bytes(await self._client.getdel(name))
+            return _as_bytes(await self._lane().getdel(name))
 
     async def delete(self, key: str) -> bool:
         """``DEL key``; expired keys count as absent."""
         name = self._name(key)
         with _backend_errors():
-            removed: int = await self._client.delete(name)
+            removed: int = await self._lane().delete(name)
         return removed > 0
 
     async def incr(self, key: str, ttl: float, amount: int = 1) -> int:
@@ -246,7 +285,9 @@ class RedisEphemeralStore:
         name = self._name(key)
         with _backend_errors():
             try:
-                count = await self._incr(keys=[name], args=[amount, ttl_to_ms(ttl)])
+                count = await self._incr(
+                    keys=[name], args=[amount, ttl_to_ms(ttl)], client=self._lane()
+                )
             except ResponseError as exc:
                 if type(exc) is not ResponseError:  # read-only, OOM, ACL: mapped as usual
                     raise
@@ -256,11 +297,34 @@ class RedisEphemeralStore:
             raise EphemeralStoreError("the counter script returned a non-integer")
         return count
 
+    async def incr_and_put(
+        self, counter: str, window: float, key: str, value: bytes, ttl: float
+    ) -> int:
+        """:data:`INCR_AND_SET_SCRIPT`: the counter as :meth:`incr`, then ``SET key``."""
+        validate_ttl(window)
+        validate_value(value)
+        validate_ttl(ttl)
+        names = [self._name(counter), self._name(key)]
+        with _backend_errors():
+            try:
+                count = await self._incr_and_set(
+                    keys=names,
+                    args=[1, ttl_to_ms(window), value, ttl_to_ms(ttl)],
+                    client=self._lane(),
+                )
+            except ResponseError as exc:
+                if type(exc) is not ResponseError:
+                    raise
+                raise CounterValueError("value is not a 64-bit integer counter") from exc
+        if not isinstance(count, int):
+            raise EphemeralStoreError("the counter script returned a non-integer")
+        return count
+
     async def ttl(self, key: str) -> float | None:
         """``PTTL key`` in seconds; a key without expiry breaks the store's invariant."""
         name = self._name(key)
         with _backend_errors():
-            remaining_ms: int = await self._client.pttl(name)
+            remaining_ms: int = await self._lane().pttl(name)
         if remaining_ms == _PTTL_NO_KEY:
             return None
         if remaining_ms < 0:
@@ -285,7 +349,14 @@ class RedisEphemeralStore:
         self._closed = True
         if self._owns_client:
             with _backend_errors():
+                for lane in self._lanes:
+                    if lane is not self._client:
+                        await lane.aclose()
                 await self._client.aclose()
+
+    def _lane(self) -> aioredis.Redis:
+        """The next lane; a busy one queues the command behind its connection's lock."""
+        return self._lanes[self._next_lane()]
 
     def _name(self, key: str) -> str:
         """The Redis key: the prefix plus a validated key (checked before any I/O)."""

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from healthid.store.sql.engine import autocommit
+from healthid.store.sql.engine import autocommit, driver_connection, is_postgresql
 from healthid.store.sql.schema import devices, history, policyholders
 
 MAX_HISTORY_EVENTS = 1000  # events returned per listing, newest first
@@ -31,13 +31,13 @@ _ADVANCE = (
 )
 # gemSpec-independent: counter up (only while not revoked) and the sealed history event, as
 # one statement; the INSERT happens only if the UPDATE matched.
-_ADVANCE_AND_LOG_PG = text(
+_ADVANCE_AND_LOG_PG = (
     "WITH advanced AS ("
-    " UPDATE devices SET sign_count = :n"
-    " WHERE device_id = :d AND sign_count < :n AND revoked_at IS NULL"
+    " UPDATE devices SET sign_count = $2"
+    " WHERE device_id = $1 AND sign_count < $2 AND revoked_at IS NULL"
     " RETURNING pseudonym)"
     " INSERT INTO history (pseudonym, event_id, created_at, ciphertext)"
-    " SELECT pseudonym, :e, :t, :c FROM advanced RETURNING event_id"
+    " SELECT pseudonym, $3, $4, $5 FROM advanced RETURNING event_id"
 )
 _LOG = insert(history).values(
     pseudonym=bindparam("p"),
@@ -158,17 +158,16 @@ class DeviceRepository:
 
         PostgreSQL: one statement (a data-modifying CTE) in autocommit, one round trip.
         """
-        if entry is not None and self._engine.dialect.name == "postgresql":
-            params = {
-                "d": device_id,
-                "n": new_count,
-                "e": entry.event_id,
-                "t": entry.created_at,
-                "c": entry.ciphertext,
-            }
-            async with self._engine.connect() as conn:
-                auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                row = (await auto.execute(_ADVANCE_AND_LOG_PG, params)).first()
+        if entry is not None and is_postgresql(self._engine):
+            async with driver_connection(self._engine) as pg:
+                row = await pg.fetchrow(
+                    _ADVANCE_AND_LOG_PG,
+                    device_id,
+                    new_count,
+                    entry.event_id,
+                    entry.created_at,
+                    entry.ciphertext,
+                )
             return row is not None
         async with self._engine.begin() as conn:
             result = await conn.execute(_ADVANCE, {"d": device_id, "n": new_count})

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -16,6 +19,20 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 POOL_SIZE = 10
 STATEMENT_TIMEOUT_MS = 30_000
 POOL_RECYCLE_S = 1800
+
+
+@asynccontextmanager
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """A pooled connection's own asyncpg connection, for the few statements on every login
+    and token (PostgreSQL only): SQLAlchemy's compilation and result processing cost about
+    twice the statement. The statement runs in autocommit; asyncpg's errors are not wrapped."""
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        yield raw.driver_connection
+
+
+def is_postgresql(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "postgresql"
 
 
 def autocommit(engine: AsyncEngine) -> AsyncEngine:

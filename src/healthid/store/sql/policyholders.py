@@ -7,26 +7,29 @@ and can neither read nor produce plaintext.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from healthid.enclave.api import SealedPolicyholder, SealedRecord
-from healthid.store.sql.engine import autocommit
+from healthid.store.sql.engine import autocommit, driver_connection, is_postgresql
 from healthid.store.sql.schema import lookup_indexes, policyholders, records
 
 IN_CHUNK = 1000  # bound on the size of one IN (...) list
 _TABLES = (policyholders, records, lookup_indexes)
 _HEAD, _RECORD, _INDEX = 0, 1, 2
 # The head row first (UNION ALL keeps branch order in practice; ORDER BY makes it certain).
-_GET_ONE = text(
+_GET_ONE_SQL = (
     "SELECT 0 AS part, root_key_id AS name, 0 AS version, kvnr_index AS b1, wrapped_key AS b2"
-    " FROM policyholders WHERE pseudonym = :p"
+    " FROM policyholders WHERE pseudonym = {p}"
     " UNION ALL SELECT 1, record_type, version, ciphertext, NULL FROM records"
-    " WHERE pseudonym = :p"
-    " UNION ALL SELECT 2, kind, 0, digest, NULL FROM lookup_indexes WHERE pseudonym = :p"
+    " WHERE pseudonym = {p}"
+    " UNION ALL SELECT 2, kind, 0, digest, NULL FROM lookup_indexes WHERE pseudonym = {p}"
     " ORDER BY part"
 )
+_GET_ONE = text(_GET_ONE_SQL.format(p=":p"))
+_GET_ONE_PG = _GET_ONE_SQL.format(p="$1")
 
 
 class PolicyholderRepository:
@@ -147,22 +150,29 @@ class PolicyholderRepository:
     async def get(self, pseudonym: str) -> SealedPolicyholder | None:
         """One policyholder with records and indexes: one statement, one round trip (it runs
         for every ID token), read from one snapshot."""
-        async with self._reader.connect() as conn:
-            rows = (await conn.execute(_GET_ONE, {"p": pseudonym})).all()
-        if not rows or rows[0].part != _HEAD:
+        rows: Sequence[Any]
+        if is_postgresql(self._engine):
+            async with driver_connection(self._engine) as pg:
+                rows = await pg.fetch(_GET_ONE_PG, pseudonym)
+        else:
+            async with self._reader.connect() as conn:
+                rows = (await conn.execute(_GET_ONE, {"p": pseudonym})).all()
+        if not rows or rows[0][0] != _HEAD:
             return None
-        head = rows[0]
+        _, root_key_id, _, kvnr_index, wrapped_key = rows[0]
         return SealedPolicyholder(
             pseudonym=pseudonym,
-            kvnr_index=bytes(head.b1),
-            root_key_id=head.name or "",
-            wrapped_key=bytes(head.b2) if head.b2 is not None else None,
+            kvnr_index=bytes(kvnr_index),
+            root_key_id=root_key_id or "",
+            wrapped_key=bytes(wrapped_key) if wrapped_key is not None else None,
             records=tuple(
-                SealedRecord(record_type=r.name, version=r.version, ciphertext=bytes(r.b1))
-                for r in rows
-                if r.part == _RECORD
+                SealedRecord(record_type=name, version=version, ciphertext=bytes(b1))
+                for part, name, version, b1, _ in rows
+                if part == _RECORD
             ),
-            lookup_indexes=tuple(sorted((r.name, bytes(r.b1)) for r in rows if r.part == _INDEX)),
+            lookup_indexes=tuple(
+                sorted((name, bytes(b1)) for part, name, _, b1, _ in rows if part == _INDEX)
+            ),
         )
 
     async def find_by_kvnr_index(self, digest: bytes) -> SealedPolicyholder | None:
