@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from healthid.protocol.audit import AuditEntry, SignedCheckpoint
 from healthid.protocol.oauth.token import TokenGrant
 from healthid.protocol.oidc.loa import Assurance
 
@@ -229,4 +230,40 @@ class EnclaveClient(Protocol):
 
     async def mint_id_token(self, request: IdTokenRequest) -> str:
         """The ID token as a JWE for the relying party (signed and encrypted inside)."""
+        ...
+
+
+class EnclaveUnavailable(EnclaveError):  # noqa: N818 - the name says the state
+    """The enclave process cannot be reached or did not answer in time: the host answers 503.
+
+    Raised by the RPC client (``healthid.enclave.rpc``), never by the enclave's own logic.
+    Whether the request took effect inside the enclave is unknown.
+    """
+
+
+# -- audit trail (issue #5 item 5) ----------------------------------------------------------
+# The enclave's audit key signs checkpoints of the host's hash-chained audit log
+# (healthid.protocol.audit). Its public JWK lies beside the sealed key under the enclave
+# directory; an auditor should pin a copy obtained from the attested enclave instead.
+AUDIT_PUBLIC_JWK_FILE = "audit-key.public.jwk"
+MAX_AUDIT_CHECKPOINT_ENTRIES = 10_000  # entries one signing request may add
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditCheckpointRequest:
+    """The entries after the enclave's last checkpoint, in order: it recomputes the chain from
+    its own last signed head and signs only an exact extension of it."""
+
+    entries: tuple[AuditEntry, ...]
+
+
+class AuditWitness(Protocol):
+    """What the host may ask of the enclave's audit signer."""
+
+    async def audit_head(self) -> SignedCheckpoint | None:
+        """The last checkpoint the enclave signed (None before the first)."""
+        ...
+
+    async def sign_audit_checkpoint(self, request: AuditCheckpointRequest) -> SignedCheckpoint:
+        """Sign the head after ``request.entries``; EnclaveError if they do not extend it."""
         ...

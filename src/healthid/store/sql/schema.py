@@ -117,3 +117,34 @@ history = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("ciphertext", LargeBinary, nullable=False),
 )
+
+# The audit trail (healthid.protocol.audit): one hash-chained row per security-relevant event,
+# pseudonyms and opaque ids only. ``seq`` is assigned gap-free by the writer under a lock
+# (store/sql/audit.py); each row carries its predecessor's hash and its own, so a changed,
+# deleted or moved row is found by `healthid audit verify`. Rows are never updated or deleted.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("occurred_at", BigInteger, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("actor", String(PSEUDONYM_LEN), nullable=True),
+    Column("subject", String(64), nullable=True),
+    Column("client_id", String(512), nullable=True),
+    Column("details", Text, nullable=False),  # canonical JSON object of str -> str
+    Column("prev_hash", LargeBinary(DIGEST_LEN), nullable=False),
+    Column("entry_hash", LargeBinary(DIGEST_LEN), nullable=False),
+    Index("ix_audit_log_actor", "actor"),
+)
+
+# Checkpoints of the audit chain signed by the enclave's audit key (ES256 JWS over seq, head
+# hash and time); the columns repeat what the JWS signs, and verify compares them.
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("head_hash", LargeBinary(DIGEST_LEN), nullable=False),
+    Column("signed_at", BigInteger, nullable=False),
+    Column("jws", Text, nullable=False),
+)
