@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
-from healthid import __version__, attest_cli, dev_cli
+from healthid import __version__, attest_cli, audit_cli, dev_cli, enclave_cli
 from healthid.settings import Settings, SettingsError, load_settings
 from healthid.wallet import cli as wallet_cli
 
@@ -485,6 +485,8 @@ def enclave_status() -> None:
 
 main.add_command(wallet_cli.wallet)
 main.add_command(attest_cli.attest)
+main.add_command(audit_cli.audit)
+enclave.add_command(enclave_cli.serve)
 for _command in dev_cli.COMMANDS:
     main.add_command(_command)
 

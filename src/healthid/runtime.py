@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute
 
 from healthid.eid.client import EidClient, EidClientConfig
 from healthid.eid.transport import TransportConfig
+from healthid.enclave.rpc.client import RemoteEnclave
 from healthid.enclave.sealing import SimulatedFileSealer
 from healthid.enclave.service import Enclave
 from healthid.enclave.vault import Vault
@@ -82,10 +83,11 @@ def build_key_store(settings: Settings) -> SigningKeyStore:
 def build_enclave(
     settings: Settings, token_signer: Callable[[str, bytes], bytes] | None = None
 ) -> Enclave:
-    """The in-process enclave. Production (SGX) needs the enclave process of a later issue."""
+    """The in-process enclave (simulated TEE). Production (SGX) needs the enclave process."""
     if settings.tee is not TeeKind.SIMULATED:
         raise StartupError(
-            "tee=sgx needs the attested enclave process, which this build does not have yet"
+            "tee=sgx: the in-process enclave is simulated only; the host needs "
+            "HEALTHID_ENCLAVE_SOCKET (the attested enclave process)"
         )
     root = SimulatedFileSealer(enclave_dir(settings) / ROOT_KEY_FILE).load_or_create()
     workers = settings.enclave_workers or os.cpu_count() or 1
@@ -247,7 +249,7 @@ def load_egk_cas(settings: Settings) -> list[x509.Certificate]:
 class Runtime:
     settings: Settings
     engine: AsyncEngine
-    enclave: Enclave
+    enclave: Enclave | RemoteEnclave
     policyholders: PolicyholderRepository
     ephemeral: EphemeralStore
     key_store: SigningKeyStore
@@ -307,7 +309,11 @@ async def open_runtime(settings: Settings, *, migrate: bool | None = None) -> Ru
     return Runtime(
         settings=settings,
         engine=engine,
-        enclave=build_enclave(settings, key_store.sign),
+        enclave=(
+            RemoteEnclave(settings.enclave_socket)
+            if settings.enclave_socket is not None
+            else build_enclave(settings, key_store.sign)
+        ),
         policyholders=PolicyholderRepository(engine),
         ephemeral=open_ephemeral_store(settings.redis_url, prefix=settings.redis_prefix),
         key_store=key_store,

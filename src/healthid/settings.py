@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     # Namespace of every Redis key (several deployments or test runs may share one Redis).
     redis_prefix: str = Field(default="healthid:", pattern=r"^[!-~]{1,64}$")
     tee: TeeKind = TeeKind.SIMULATED
+    # The enclave process's Unix socket (`healthid enclave serve`); unset: the enclave runs
+    # in-process (development only: tee=sgx needs the enclave process).
+    enclave_socket: Path | None = None
     key_backend: KeyBackend = KeyBackend.FILE
     pkcs11_module: Path | None = None
     pkcs11_token_label: str | None = None

@@ -1,0 +1,336 @@
+"""The host's side of the enclave RPC: :class:`RemoteEnclave` implements
+:class:`~healthid.enclave.api.EnclaveClient` over the enclave's Unix socket.
+
+One connection per client (opened on first use, per event loop), shared by every call: each
+request carries an id, responses are matched to their caller whatever their order. A call
+waits at most its method's timeout. When the enclave cannot be reached, the connection breaks
+or the enclave does not answer in time, the call raises
+:class:`~healthid.enclave.api.EnclaveUnavailable` (the host answers 503); the next call
+connects again, so the client recovers by itself when the enclave comes back. Errors raised
+inside the enclave arrive as the same exception classes with the same messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+from healthid.enclave import api
+from healthid.enclave.rpc import cbor, schema
+from healthid.enclave.rpc.codec import (
+    HEADER_SIZE,
+    MAX_FRAME,
+    MAX_REQUEST_ID,
+    MIB,
+    Response,
+    encode_request,
+    parse_response,
+    read_frame,
+)
+from healthid.enclave.rpc.errors import CodecError, FrameTooLarge, error_from
+from healthid.enclave.rpc.methods import METHODS, UPLOAD_METHOD, UPLOAD_PART
+
+CONNECT_TIMEOUT: Final = 5.0  # seconds to reach the enclave's socket
+CLIENT_GRACE: Final = 5.0  # seconds beyond the method's timeout (the enclave's answer wins)
+VERIFY_BATCH: Final = 1_000  # policyholders per verify_policyholders request, at most
+VERIFY_BATCH_BYTES: Final = MAX_FRAME // 2  # ... and about this many bytes of them
+_SIZE_SLACK: Final = 128  # bytes of names, pseudonyms and CBOR heads per item (generous)
+STREAM_BUFFER: Final = MIB
+
+
+class _Connection:
+    """One socket to the enclave, its open requests and the task reading the answers."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.loop = loop
+        self.pending: dict[int, asyncio.Future[Response]] = {}
+        self.closed = False
+        self._lock = asyncio.Lock()
+        self._task = loop.create_task(self._read())
+
+    async def send(self, data: bytes) -> None:
+        if self.closed:
+            raise api.EnclaveUnavailable("the connection to the enclave was lost")
+        async with self._lock:
+            try:
+                self.writer.write(data)
+                await self.writer.drain()
+            except OSError:
+                self.fail(api.EnclaveUnavailable("the connection to the enclave was lost"))
+                raise api.EnclaveUnavailable("the connection to the enclave was lost") from None
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                response = parse_response(cbor.decode(await read_frame(self.reader)))
+                if response.id is None:  # the enclave could not read one of our frames
+                    exc = error_from(response.code, response.message)
+                    self.fail(
+                        exc if isinstance(exc, api.EnclaveError) else api.EnclaveError(str(exc))
+                    )
+                    return
+                future = self.pending.pop(response.id, None)
+                if future is not None and not future.done():
+                    future.set_result(response)
+        except asyncio.CancelledError:
+            self.fail(api.EnclaveUnavailable("the connection to the enclave was closed"))
+            raise
+        except (asyncio.IncompleteReadError, OSError):
+            self.fail(api.EnclaveUnavailable("the connection to the enclave was lost"))
+        except CodecError as exc:
+            self.fail(api.EnclaveUnavailable(f"the enclave sent a malformed response ({exc})"))
+
+    def fail(self, exc: api.EnclaveError) -> None:
+        """Close the connection; every open request raises (a copy of) ``exc``."""
+        self.closed = True
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(type(exc)(str(exc)))
+        self.writer.close()
+
+    def abandon(self) -> None:
+        """Close from outside (client closed, or its event loop is gone)."""
+        if self.loop.is_closed():
+            self.closed = True
+            return
+        self._task.cancel()
+        if not self.closed:
+            self.fail(api.EnclaveUnavailable("the enclave client was closed"))
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+class RemoteEnclave:
+    """The enclave in its own process, reached over its Unix socket."""
+
+    def __init__(
+        self,
+        socket_path: Path | str,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        timeout: float | None = None,
+        upload_part: int = UPLOAD_PART,
+    ) -> None:
+        """``timeout``: one limit for every call instead of each method's own."""
+        if not 0 < upload_part <= MAX_FRAME - MIB:
+            raise ValueError("upload_part must leave room for the request in one frame")
+        self._path = Path(socket_path)
+        self._connect_timeout = connect_timeout
+        self._timeout = timeout
+        self._upload_part = upload_part
+        self._ids = itertools.count(1)
+        self._conn: _Connection | None = None
+        self._connecting: asyncio.Task[_Connection] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"RemoteEnclave({str(self._path)!r})"
+
+    # -- connection -------------------------------------------------------------------------
+    async def _connection(self) -> _Connection:
+        if self._closed:
+            raise api.EnclaveUnavailable("the enclave client is closed")
+        loop = asyncio.get_running_loop()
+        conn = self._conn
+        if conn is not None and conn.loop is loop and not conn.closed:
+            return conn
+        if conn is not None and conn.loop is not loop:
+            conn.abandon()  # made in another event loop (e.g. an earlier asyncio.run)
+            self._conn = None
+        task = self._connecting
+        if task is None or task.get_loop() is not loop or task.done():
+            task = loop.create_task(self._open(loop))
+            task.add_done_callback(_retrieve)
+            self._connecting = task
+        return await asyncio.shield(task)
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                reader, writer = await asyncio.open_unix_connection(
+                    str(self._path), limit=STREAM_BUFFER
+                )
+        except (OSError, TimeoutError) as exc:
+            raise api.EnclaveUnavailable(
+                f"the enclave is not reachable at {self._path} ({type(exc).__name__})"
+            ) from None
+        conn = _Connection(reader, writer, loop)
+        self._conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Close the connection; open calls and later calls raise EnclaveUnavailable."""
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.abandon()
+
+    async def aclose(self) -> None:
+        conn = self._conn
+        self.close()
+        if conn is not None and conn.loop is asyncio.get_running_loop():
+            await conn.wait_closed()
+
+    # -- one call ---------------------------------------------------------------------------
+    async def _call(
+        self, method: str, args: dict[str, object], *, on: _Connection | None = None
+    ) -> object:
+        spec = METHODS[method]
+        request_id = next(self._ids) % MAX_REQUEST_ID
+        data = encode_request(request_id, method, args)
+        if len(data) - HEADER_SIZE > spec.max_request:
+            raise FrameTooLarge(f"{method}: request of {len(data)} bytes exceeds the limit")
+        conn = on or await self._connection()
+        future: asyncio.Future[Response] = conn.loop.create_future()
+        conn.pending[request_id] = future
+        timeout = self._timeout if self._timeout is not None else spec.timeout + CLIENT_GRACE
+        try:
+            async with asyncio.timeout(timeout):
+                await conn.send(data)
+                response = await future
+        except TimeoutError:
+            raise api.EnclaveUnavailable(
+                f"the enclave did not answer {method} within {timeout:g} s"
+            ) from None
+        finally:
+            conn.pending.pop(request_id, None)
+        if not response.ok:
+            raise error_from(response.code, response.message)
+        return response.result
+
+    # -- EnclaveClient ----------------------------------------------------------------------
+    async def status(self) -> api.EnclaveStatus:
+        return schema.decode_status(await self._call("status", {}), "status")
+
+    async def prepare_import(
+        self, data: bytes, *, filename: str, fmt: str | None, accept_test_kvnr: bool
+    ) -> api.PreparedImport:
+        args: dict[str, object] = {
+            "filename": filename,
+            "fmt": fmt,
+            "accept_test_kvnr": accept_test_kvnr,
+            "data": data,
+            "upload": None,
+        }
+        conn = None
+        if len(data) > self._upload_part:  # larger than one part: upload, then name it
+            conn = await self._connection()
+            args["data"], args["upload"] = None, await self._upload(conn, data)
+        result = await self._call("prepare_import", args, on=conn)
+        return schema.decode_prepared_import(result, "prepare_import")
+
+    async def _upload(self, conn: _Connection, data: bytes) -> str:
+        upload: str | None = None
+        for offset in range(0, len(data), self._upload_part):
+            part = data[offset : offset + self._upload_part]
+            args: dict[str, object] = {"upload": upload, "offset": offset, "part": part}
+            reply = schema.Fields(
+                await self._call(UPLOAD_METHOD, args, on=conn), UPLOAD_METHOD, ("upload", "size")
+            )
+            upload = reply.text("upload")
+            if reply.count("size") != offset + len(part):
+                raise CodecError(f"{UPLOAD_METHOD}: the enclave holds another size")
+        if upload is None:
+            raise CodecError(f"{UPLOAD_METHOD}: nothing to upload")
+        return upload
+
+    async def seal_import_chunk(self, import_id: str, index: int) -> api.SealedChunk:
+        result = await self._call("seal_import_chunk", {"import_id": import_id, "index": index})
+        return schema.decode_sealed_chunk(result, "seal_import_chunk")
+
+    async def discard_import(self, import_id: str) -> None:
+        await self._call("discard_import", {"import_id": import_id})
+
+    async def verify_policyholders(self, sealed: list[api.SealedPolicyholder]) -> list[str]:
+        failed: list[str] = []
+        for batch in _batches(sealed):
+            args: dict[str, object] = {
+                "sealed": [schema.encode_sealed_policyholder(s) for s in batch]
+            }
+            result = await self._call("verify_policyholders", args)
+            failed += schema.array(result, "verify_policyholders", schema.text)
+        return failed
+
+    async def egk_prove(
+        self,
+        *,
+        certificate: bytes,
+        signature: bytes,
+        challenge: bytes,
+        intermediates: tuple[bytes, ...] = (),
+    ) -> api.IdentityLookup:
+        args: dict[str, object] = {
+            "certificate": certificate,
+            "signature": signature,
+            "challenge": challenge,
+            "intermediates": list(intermediates),
+        }
+        return schema.decode_identity_lookup(await self._call("egk_prove", args), "egk_prove")
+
+    async def eid_start(self) -> api.EidStarted:
+        return schema.decode_eid_started(await self._call("eid_start", {}), "eid_start")
+
+    async def eid_collect(self, handle: str) -> api.IdentityLookup | None:
+        result = await self._call("eid_collect", {"handle": handle})
+        return None if result is None else schema.decode_identity_lookup(result, "eid_collect")
+
+    async def match_identity(
+        self, proof_id: str, candidates: list[api.SealedPolicyholder]
+    ) -> api.IdentityMatch:
+        args: dict[str, object] = {
+            "proof_id": proof_id,
+            "candidates": [schema.encode_sealed_policyholder(c) for c in candidates],
+        }
+        result = await self._call("match_identity", args)
+        return schema.decode_identity_match(result, "match_identity")
+
+    async def seal_history(
+        self, sealed: api.SealedPolicyholder, event: api.HistoryEvent
+    ) -> api.SealedHistoryEvent:
+        args: dict[str, object] = {
+            "sealed": schema.encode_sealed_policyholder(sealed),
+            "event": schema.encode_history_event(event),
+        }
+        result = await self._call("seal_history", args)
+        return schema.decode_sealed_history_event(result, "seal_history")
+
+    async def mint_id_token(self, request: api.IdTokenRequest) -> str:
+        args: dict[str, object] = {"request": schema.encode_id_token_request(request)}
+        return schema.text(await self._call("mint_id_token", args), "mint_id_token")
+
+
+def _batches(
+    sealed: list[api.SealedPolicyholder],
+) -> Iterator[list[api.SealedPolicyholder]]:
+    """Consecutive batches of at most VERIFY_BATCH policyholders and about VERIFY_BATCH_BYTES."""
+    batch: list[api.SealedPolicyholder] = []
+    size = 0
+    for item in sealed:
+        item_size = _SIZE_SLACK + len(item.wrapped_key or b"") + len(item.kvnr_index)
+        item_size += sum(len(r.ciphertext) + _SIZE_SLACK for r in item.records)
+        item_size += sum(len(d) + _SIZE_SLACK for _, d in item.lookup_indexes)
+        if batch and (len(batch) >= VERIFY_BATCH or size + item_size > VERIFY_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += item_size
+    if batch:
+        yield batch
+
+
+def _retrieve(task: asyncio.Task[_Connection]) -> None:
+    """Mark a failed connect as seen (its callers got the error, if any were still waiting)."""
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,275 @@
+"""The EnclaveClient contract, run against both transports: the in-process enclave and the
+enclave process (``python -m healthid.enclave_cli``) reached through RemoteEnclave.
+
+Both share one data directory (root key, key store, test eGK CA), so whatever one seals the
+other opens, and each assertion holds for both.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from rpc_testlib import (
+    RP,
+    EnclaveProcess,
+    egk_card,
+    enclave_settings,
+    id_token_request,
+    import_people,
+    in_process,
+    people,
+    registry_csv,
+    short_socket_dir,
+)
+
+from healthid.enclave.api import (
+    EnclaveClient,
+    EnclaveStatus,
+    HistoryEvent,
+    IdentityNotConfirmed,
+    ProofRejected,
+    SealedPolicyholder,
+    UnknownImport,
+)
+from healthid.enclave.rpc import RemoteEnclave
+from healthid.enclave.service import IMPORT_CHUNK
+from healthid.enclave.vault import VaultError
+from healthid.keys.file import FileKeyStore
+from healthid.protocol.jose import decrypt_id_token, verify_compact
+from healthid.protocol.jose.errors import UnsuitableKey
+from healthid.protocol.jose.jws import TYP_ID_TOKEN
+from healthid.settings import Settings
+
+TRANSPORTS = ["in-process", "remote"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("enclave-data")
+
+
+@pytest.fixture(scope="module")
+def enclave_process(data_dir: Path) -> Iterator[EnclaveProcess]:
+    with short_socket_dir() as directory:
+        process = EnclaveProcess(data_dir=data_dir, socket_path=directory / "enclave.sock")
+        process.start()
+        try:
+            yield process
+        finally:
+            process.close()
+
+
+@pytest.fixture
+def settings(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for name in list(os.environ):
+        if name.startswith("HEALTHID_"):
+            monkeypatch.delenv(name)
+    return enclave_settings(data_dir)
+
+
+@pytest.fixture(params=TRANSPORTS)
+async def enclave(
+    request: pytest.FixtureRequest, settings: Settings
+) -> AsyncIterator[EnclaveClient]:
+    if request.param == "in-process":
+        local = in_process(settings)
+        yield local
+        local.close()
+        return
+    process: EnclaveProcess = request.getfixturevalue("enclave_process")
+    remote = RemoteEnclave(process.socket_path)
+    yield remote
+    await remote.aclose()
+
+
+# -- status -----------------------------------------------------------------------------------
+async def test_status_reports_the_simulated_tee_and_root_key(
+    enclave: EnclaveClient, settings: Settings
+) -> None:
+    status = await enclave.status()
+    assert isinstance(status, EnclaveStatus)
+    assert status.tee == "simulated" and status.warning and "INSECURE" in status.warning
+    assert status.root_key_id == (await in_process(settings).status()).root_key_id
+
+
+# -- registry import ----------------------------------------------------------------------
+async def test_registry_import_prepares_and_seals_every_chunk_in_order(
+    enclave: EnclaveClient,
+) -> None:
+    rows = IMPORT_CHUNK + 3
+    data = registry_csv(rows, broken_rows=(1, IMPORT_CHUNK + 1))
+    prepared = await enclave.prepare_import(
+        data, filename="r.csv", fmt=None, accept_test_kvnr=False
+    )
+    try:
+        assert (prepared.format, prepared.row_count, prepared.chunk_count) == ("csv", rows, 2)
+        assert prepared.errors == ()
+        with pytest.raises(Exception, match="chunks are delivered in order; expected 0"):
+            await enclave.seal_import_chunk(prepared.import_id, 1)
+        first = await enclave.seal_import_chunk(prepared.import_id, 0)
+        second = await enclave.seal_import_chunk(prepared.import_id, 1)
+    finally:
+        await enclave.discard_import(prepared.import_id)
+    assert len(first.sealed) == IMPORT_CHUNK - 1 and len(second.sealed) == 2
+    assert [(e.row, e.field) for e in first.errors + second.errors] == [
+        (3, "kvnr"),
+        (IMPORT_CHUNK + 3, "kvnr"),
+    ]
+    assert "0000000000" not in str(first.errors[0])
+    assert len(first.rows) == len(first.sealed) and first.rows[0] == 2
+    holder = first.sealed[0]
+    assert holder.wrapped_key and holder.records[0].ciphertext and holder.lookup_indexes
+
+
+async def test_a_registry_with_a_bad_header_reports_file_errors(enclave: EnclaveClient) -> None:
+    prepared = await enclave.prepare_import(
+        b"name;kvnr\nx;y\n", filename="r.csv", fmt="csv", accept_test_kvnr=False
+    )
+    await enclave.discard_import(prepared.import_id)
+    assert prepared.errors and prepared.errors[0].row in (0, 1)
+
+
+async def test_unknown_import_id_raises_unknown_import(enclave: EnclaveClient) -> None:
+    with pytest.raises(UnknownImport, match=r"^unknown or expired import id$"):
+        await enclave.seal_import_chunk("no-such-import", 0)
+
+
+async def test_unknown_format_raises_the_enclave_error(enclave: EnclaveClient) -> None:
+    with pytest.raises(Exception, match="unknown format 'xls'") as info:
+        await enclave.prepare_import(b"x", filename="r.xls", fmt="xls", accept_test_kvnr=False)
+    assert type(info.value).__name__ == "EnclaveError"
+
+
+# -- identity proofing with the eGK -------------------------------------------------------
+async def test_egk_proof_matches_the_imported_policyholder(
+    enclave: EnclaveClient, settings: Settings
+) -> None:
+    sealed = await import_people(enclave, 3)
+    erika = people(3)[1]
+    card = egk_card(settings, erika)
+    challenge = os.urandom(32)
+    lookup = await enclave.egk_prove(
+        certificate=card.certificate_der, signature=card.sign(challenge), challenge=challenge
+    )
+    assert lookup.method == "egk" and lookup.proof_id
+    kvnr_digests = {digest for kind, digest in lookup.lookups if kind == "kvnr"}
+    candidates = [s for s in sealed if s.kvnr_index in kvnr_digests]
+    assert len(candidates) == 1
+    match = await enclave.match_identity(lookup.proof_id, candidates)
+    assert match.pseudonym == sealed[1].pseudonym and match.method == "egk"
+    with pytest.raises(IdentityNotConfirmed, match=r"^the proof expired or was already used$"):
+        await enclave.match_identity(lookup.proof_id, candidates)
+
+
+async def test_egk_signature_over_another_challenge_is_rejected(
+    enclave: EnclaveClient, settings: Settings
+) -> None:
+    card = egk_card(settings, people(1)[0])
+    with pytest.raises(ProofRejected, match=r"^eGK authentication refused: "):
+        await enclave.egk_prove(
+            certificate=card.certificate_der, signature=card.sign(b"a" * 32), challenge=b"b" * 32
+        )
+
+
+async def test_egk_garbage_certificate_is_rejected(enclave: EnclaveClient) -> None:
+    with pytest.raises(ProofRejected):
+        await enclave.egk_prove(certificate=b"\x30\x03junk", signature=b"", challenge=b"c" * 32)
+
+
+async def test_match_without_a_fitting_candidate_is_not_confirmed(
+    enclave: EnclaveClient, settings: Settings
+) -> None:
+    sealed = await import_people(enclave, 2)
+    card = egk_card(settings, people(2)[0])
+    lookup = await enclave.egk_prove(
+        certificate=card.certificate_der, signature=card.sign(b"x" * 32), challenge=b"x" * 32
+    )
+    with pytest.raises(IdentityNotConfirmed, match=r"^the identity could not be confirmed$"):
+        await enclave.match_identity(lookup.proof_id, [sealed[1]])
+
+
+async def test_eid_without_an_eid_server_is_rejected(enclave: EnclaveClient) -> None:
+    with pytest.raises(ProofRejected, match="no eID-Server is configured"):
+        await enclave.eid_start()
+    with pytest.raises(ProofRejected, match=r"^unknown or expired eID session$"):
+        await enclave.eid_collect("no-such-handle")
+
+
+# -- sealed history, integrity ------------------------------------------------------------
+async def test_seal_history_is_opened_under_its_owner_only(
+    enclave: EnclaveClient, settings: Settings
+) -> None:
+    erika, max_ = await import_people(enclave, 2)
+    event = HistoryEvent(kind="login", at=1_764_000_000, device_id="dev-1", detail="rp.example")
+    sealed_event = await enclave.seal_history(erika, event)
+    assert sealed_event.created_at == event.at and b"rp.example" not in sealed_event.ciphertext
+    inside = in_process(settings)
+    assert inside.open_history(erika, sealed_event.event_id, sealed_event.ciphertext) == event
+    with pytest.raises(VaultError):
+        inside.open_history(max_, sealed_event.event_id, sealed_event.ciphertext)
+
+
+async def test_seal_history_of_a_shredded_policyholder_raises_vault_error(
+    enclave: EnclaveClient,
+) -> None:
+    (erika,) = await import_people(enclave, 1)
+    shredded = SealedPolicyholder(
+        pseudonym=erika.pseudonym,
+        kvnr_index=erika.kvnr_index,
+        root_key_id=erika.root_key_id,
+        wrapped_key=None,
+        records=erika.records,
+    )
+    with pytest.raises(VaultError, match=f"^policyholder {erika.pseudonym} was crypto-shredded$"):
+        await enclave.seal_history(shredded, HistoryEvent(kind="login", at=1))
+
+
+async def test_verify_policyholders_names_the_tampered_ones(enclave: EnclaveClient) -> None:
+    erika, max_ = await import_people(enclave, 2)
+    moved = SealedPolicyholder(
+        pseudonym=max_.pseudonym,
+        kvnr_index=max_.kvnr_index,
+        root_key_id=max_.root_key_id,
+        wrapped_key=max_.wrapped_key,
+        records=erika.records,
+    )
+    assert await enclave.verify_policyholders([erika, moved, max_]) == [max_.pseudonym]
+    assert await enclave.verify_policyholders([]) == []
+
+
+# -- ID tokens ----------------------------------------------------------------------------
+async def test_mint_id_token_signs_and_encrypts_for_the_relying_party(
+    enclave: EnclaveClient, settings: Settings
+) -> None:
+    (erika,) = await import_people(enclave, 1)
+    keys = FileKeyStore(settings.data_dir / "keys")
+    kid = keys.generate("token").kid
+    rp_key = ec.generate_private_key(ec.SECP256R1())
+    jwe = await enclave.mint_id_token(id_token_request(erika, kid=kid, rp_key=rp_key, nonce="n-1"))
+    inner = decrypt_id_token(jwe, private_key=rp_key)
+    claims = verify_compact(inner, jwks={"keys": [keys.public_jwk(kid)]}, typ=TYP_ID_TOKEN).claims
+    assert claims["aud"] == RP and claims["nonce"] == "n-1"
+    assert claims["urn:telematik:claims:id"] == people(1)[0].kvnr
+    header = json.loads(base64.urlsafe_b64decode(inner.split(".")[0] + "=="))
+    assert header["kid"] == kid
+
+
+async def test_mint_id_token_refuses_an_unsuitable_rp_key(
+    enclave: EnclaveClient, settings: Settings
+) -> None:
+    (erika,) = await import_people(enclave, 1)
+    kid = FileKeyStore(settings.data_dir / "keys").generate("token").kid
+    request = id_token_request(
+        erika, kid=kid, rp_key=ec.generate_private_key(ec.SECP256R1()), nonce="n"
+    )
+    jwk = dict(request.rp_encryption_jwk)
+    del jwk["kid"]
+    with pytest.raises(UnsuitableKey, match=r"^the RP's encryption key has no kid$"):
+        await enclave.mint_id_token(replace(request, rp_encryption_jwk=jwk))

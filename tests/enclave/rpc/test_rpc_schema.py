@@ -1,0 +1,212 @@
+"""The typed mapping of every dataclass that crosses the enclave boundary, and the allow-list."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+
+from healthid.enclave import api
+from healthid.enclave.rpc import cbor, schema
+from healthid.enclave.rpc.errors import CodecError
+from healthid.enclave.rpc.methods import METHODS, UPLOAD_METHOD
+from healthid.protocol.oauth.token import TokenGrant
+from healthid.protocol.oidc.loa import Assurance
+
+HOLDER = api.SealedPolicyholder(
+    pseudonym="p1",
+    kvnr_index=b"\x01" * 32,
+    root_key_id="rk",
+    wrapped_key=b"\x02" * 60,
+    records=(api.SealedRecord(record_type="master", version=1, ciphertext=b"\x03" * 90),),
+    lookup_indexes=(("name_birth", b"\x04" * 32),),
+)
+SHREDDED = dataclasses.replace(HOLDER, wrapped_key=None, records=(), lookup_indexes=())
+ROW_ERROR = api.RowError(row=3, field="kvnr", reason="invalid check digit")
+GRANT = TokenGrant(
+    client_id="https://rp.example", nonce="n", id_token_version="2.0.0", consented_claims=("a",)
+)
+ASSURANCE = Assurance(
+    acr="gematik-ehealth-loa-substantial",
+    amr_v1=("urn:telematik:auth:mEW",),
+    amr_v2=("urn:telematik:auth:other",),
+    reproof_due_at=1_800_000_000,
+    extra_claims_v2=MappingProxyType(
+        {"urn:telematik:auth:consent": ["loa-substantial"], "n": {"x": [1, 2.5, None, True]}}
+    ),
+)
+EXAMPLES: dict[type[Any], list[object]] = {
+    api.EnclaveStatus: [
+        api.EnclaveStatus(tee="simulated", root_key_id="rk", version="1", warning="INSECURE"),
+        api.EnclaveStatus(tee="sgx", root_key_id="rk", version="1"),
+    ],
+    api.RowError: [ROW_ERROR, api.RowError(row=0, field="file", reason="empty")],
+    api.SealedRecord: [HOLDER.records[0]],
+    api.SealedPolicyholder: [HOLDER, SHREDDED],
+    api.PreparedImport: [
+        api.PreparedImport(
+            import_id="i", format="csv", row_count=5, chunk_count=1, errors=(ROW_ERROR,)
+        ),
+        api.PreparedImport(
+            import_id="i", format="json", row_count=0, chunk_count=0, errors=(), errors_truncated=7
+        ),
+    ],
+    api.SealedChunk: [
+        api.SealedChunk(rows=(2, 4), sealed=(HOLDER, SHREDDED), errors=(ROW_ERROR,)),
+        api.SealedChunk(rows=(), sealed=(), errors=()),
+    ],
+    api.IdentityLookup: [
+        api.IdentityLookup(proof_id="pr", method="egk", lookups=(("kvnr", b"\x05" * 32),))
+    ],
+    api.EidStarted: [
+        api.EidStarted(handle="h", psk_id="id", psk_key="00ff", ecard_server_address="x"),
+        api.EidStarted(handle="h", psk_id="id", psk_key="00ff"),
+    ],
+    api.IdentityMatch: [
+        api.IdentityMatch(pseudonym="p", method="eid", new_lookup_indexes=(("eid_rid", b"r"),)),
+        api.IdentityMatch(pseudonym="p", method="egk"),
+    ],
+    api.HistoryEvent: [
+        api.HistoryEvent(kind="login", at=1, device_id="d", detail="rp"),
+        api.HistoryEvent(kind="enrolled", at=-1),
+    ],
+    api.SealedHistoryEvent: [api.SealedHistoryEvent(event_id="e", created_at=5, ciphertext=b"c")],
+    api.IdTokenRequest: [
+        api.IdTokenRequest(
+            sealed=HOLDER,
+            issuer="https://idp.example",
+            grant=GRANT,
+            assurance=ASSURANCE,
+            auth_time=1_700_000_000,
+            kid="k",
+            x5c=("MIIB", "MIIC"),
+            rp_encryption_jwk={"kty": "EC", "crv": "P-256", "x": "a", "y": "b", "kid": "e"},
+        )
+    ],
+    TokenGrant: [GRANT],
+    Assurance: [ASSURANCE, dataclasses.replace(ASSURANCE, extra_claims_v2=MappingProxyType({}))],
+}
+
+
+def crossing_dataclasses() -> set[type[Any]]:
+    """Every dataclass reachable from the EnclaveClient's method signatures."""
+    found: set[type[Any]] = set()
+
+    def visit(hint: object) -> None:
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            if hint not in found:
+                found.add(hint)
+                for field_hint in typing.get_type_hints(hint).values():
+                    visit(field_hint)
+            return
+        for arg in typing.get_args(hint):
+            visit(arg)
+
+    for name, method in inspect.getmembers(api.EnclaveClient, inspect.isfunction):
+        if not name.startswith("_"):
+            for hint in typing.get_type_hints(method).values():
+                visit(hint)
+    return found
+
+
+def test_every_dataclass_that_crosses_has_an_explicit_codec_and_an_example() -> None:
+    crossing = crossing_dataclasses()
+    assert api.IdTokenRequest in crossing and TokenGrant in crossing
+    assert crossing == set(schema.DATACLASS_CODECS) == set(EXAMPLES)
+
+
+def test_the_allow_list_is_the_enclave_client_and_the_upload() -> None:
+    client_methods = {
+        name
+        for name, _ in inspect.getmembers(api.EnclaveClient, inspect.isfunction)
+        if not name.startswith("_")
+    }
+    assert set(METHODS) == client_methods | {UPLOAD_METHOD}
+
+
+@pytest.mark.parametrize(
+    ("cls", "value"),
+    [(cls, value) for cls, values in EXAMPLES.items() for value in values],
+    ids=lambda v: v.__name__ if isinstance(v, type) else "",
+)
+def test_every_dataclass_round_trips_through_cbor(cls: type[Any], value: object) -> None:
+    encode, decode = schema.DATACLASS_CODECS[cls]
+    wire = cbor.decode(cbor.encode(encode(value)))
+    back = decode(wire, cls.__name__)
+    assert back == value and type(back) is cls
+    assert cbor.encode(encode(back)) == cbor.encode(encode(value))
+
+
+def test_a_decoded_assurance_is_read_only() -> None:
+    wire = cbor.decode(cbor.encode(schema.encode_assurance(ASSURANCE)))
+    decoded = schema.decode_assurance(wire)
+    assert isinstance(decoded.extra_claims_v2, types.MappingProxyType)
+
+
+def wire_of(value: object) -> dict[str, object]:
+    encode, _ = schema.DATACLASS_CODECS[type(value)]
+    wire = cbor.decode(cbor.encode(encode(value)))
+    assert isinstance(wire, dict)
+    return wire
+
+
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [
+        ("pseudonym", b"p1"),
+        ("kvnr_index", "0101"),
+        ("wrapped_key", 5),
+        ("records", {}),
+        ("lookup_indexes", [["kvnr"]]),
+        ("lookup_indexes", [[1, b"x"]]),
+    ],
+)
+def test_a_field_of_the_wrong_type_is_refused_by_name(field: str, bad: object) -> None:
+    wire = wire_of(HOLDER) | {field: bad}
+    with pytest.raises(CodecError, match=f"^SealedPolicyholder.{field}"):
+        schema.decode_sealed_policyholder(wire)
+
+
+def test_missing_and_unknown_fields_are_refused_without_echoing_them() -> None:
+    wire = wire_of(ROW_ERROR)
+    with pytest.raises(CodecError, match="missing field"):
+        schema.decode_row_error({k: v for k, v in wire.items() if k != "reason"})
+    with pytest.raises(CodecError, match="1 unknown field") as info:
+        schema.decode_row_error(wire | {"A123456780": 1})
+    assert "A123456780" not in str(info.value)
+
+
+def test_a_value_is_never_echoed_in_a_codec_error() -> None:
+    wire = wire_of(api.HistoryEvent(kind="login", at=1)) | {"at": "Erika Mustermann"}
+    with pytest.raises(CodecError) as info:
+        schema.decode_history_event(wire)
+    assert str(info.value) == "HistoryEvent.at: expected an integer"
+
+
+def test_bool_is_not_an_integer_and_counts_are_not_negative() -> None:
+    with pytest.raises(CodecError, match="expected an integer"):
+        schema.decode_row_error(wire_of(ROW_ERROR) | {"row": True})
+    with pytest.raises(CodecError, match="non-negative"):
+        schema.decode_row_error(wire_of(ROW_ERROR) | {"row": -1})
+
+
+def test_rows_and_sealed_of_a_chunk_must_align() -> None:
+    wire = wire_of(EXAMPLES[api.SealedChunk][0]) | {"rows": [2]}
+    with pytest.raises(CodecError, match="differ in length"):
+        schema.decode_sealed_chunk(wire)
+
+
+def test_json_fields_refuse_bytes_and_deep_nesting() -> None:
+    request = wire_of(EXAMPLES[api.IdTokenRequest][0])
+    with pytest.raises(CodecError, match=r"rp_encryption_jwk\.x: expected a JSON value"):
+        schema.decode_id_token_request(request | {"rp_encryption_jwk": {"x": b"raw"}})
+    deep: object = 1
+    for _ in range(schema.MAX_JSON_DEPTH + 2):
+        deep = [deep]
+    with pytest.raises(CodecError, match="nested deeper"):
+        schema.decode_id_token_request(request | {"rp_encryption_jwk": {"x": deep}})
