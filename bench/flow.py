@@ -85,17 +85,16 @@ def rp_material(directory: Path) -> None:
     )
 
 
-def serve(directory: str, db_url: str, prefix: str, port: int) -> None:
-    """The IdP process: the real app with a resolver that knows the bench RP."""
-    import uvicorn
-
+def bench_app() -> Any:
+    """The IdP app with a resolver that knows the bench RP (uvicorn's factory in each worker;
+    the settings come from the environment the bench sets)."""
     from healthid.protocol.federation import ResolvedRelyingParty
     from healthid.protocol.federation.trust_chain import RelyingPartyKeys
     from healthid.protocol.jose import public_jwk
     from healthid.runtime import build_app
     from healthid.settings import load_settings
 
-    d = Path(directory)
+    d = Path(os.environ["HEALTHID_BENCH_DIR"])
     cert = x509.load_pem_x509_certificate((d / "rp-cert.pem").read_bytes())
     enc = serialization.load_pem_private_key((d / "rp-enc.pem").read_bytes(), None)
     assert isinstance(enc, ec.EllipticCurvePrivateKey)
@@ -121,15 +120,26 @@ def serve(directory: str, db_url: str, prefix: str, port: int) -> None:
 
     settings = load_settings(
         data_dir=d / "idp",
-        database_url=db_url,
+        database_url=os.environ["HEALTHID_BENCH_DB"],
         redis_url=REDIS_URL,
-        redis_prefix=prefix,
+        redis_prefix=os.environ["HEALTHID_BENCH_REDIS_PREFIX"],
         enclave_workers=1,
         trusted_proxies=["127.0.0.1"],
     )
-    app = build_app(settings, resolver=Resolver())
-    # as `healthid serve` runs it: the client certificate header is believed only from the
-    # trusted proxies, which the app checks itself; uvicorn rewrites no addresses
+    return build_app(settings, resolver=Resolver(), prepared=True)
+
+
+def serve(directory: str, db_url: str, prefix: str, port: int, workers: int) -> None:
+    """The IdP process(es): uvicorn as `healthid serve` runs it."""
+    import uvicorn
+
+    os.environ.update(
+        HEALTHID_BENCH_DIR=directory,
+        HEALTHID_BENCH_DB=db_url,
+        HEALTHID_BENCH_REDIS_PREFIX=prefix,
+    )
+    # the client certificate header is believed only from the trusted proxies, which the
+    # app checks itself; uvicorn rewrites no addresses
     options: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": port,
@@ -137,16 +147,19 @@ def serve(directory: str, db_url: str, prefix: str, port: int) -> None:
         "access_log": False,
         "proxy_headers": False,
     }
+    if workers > 1:
+        uvicorn.run("flow:bench_app", factory=True, workers=workers, **options)
+        return
     profile = os.environ.get("HEALTHID_BENCH_PROFILE")  # write cProfile stats of the server
     if not profile:
-        uvicorn.run(app, **options)
+        uvicorn.run(bench_app(), **options)
         return
     import cProfile
 
     profiler = cProfile.Profile()
     profiler.enable()
     try:
-        uvicorn.run(app, **options)
+        uvicorn.run(bench_app(), **options)
     finally:
         profiler.disable()
         profiler.dump_stats(profile)
@@ -349,9 +362,23 @@ async def run_level(
 
 
 def server_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """CPU seconds (user + system) of the server process and all its descendants (workers)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu seconds)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    tree, grew = {pid}, True
+    while grew:
+        more = {p for p, (parent, _) in stats.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(stats[p][1] for p in tree if p in stats)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -398,7 +425,9 @@ async def main(args: argparse.Namespace) -> int:
             await rt.aclose()
             port = free_port()
             ctx = multiprocessing.get_context("spawn")
-            server = ctx.Process(target=serve, args=(tmp, db_url, prefix, port), daemon=True)
+            server = ctx.Process(
+                target=serve, args=(tmp, db_url, prefix, port, args.workers), daemon=False
+            )
             server.start()
             base = f"http://127.0.0.1:{port}"
             for _ in range(200):
@@ -410,7 +439,8 @@ async def main(args: argparse.Namespace) -> int:
                     await asyncio.sleep(0.1)
             wallets = await enrol(base, directory, args.wallets)
             print(
-                "complete flows through the IdP (uvicorn, PostgreSQL + Redis, in-process enclave)"
+                f"complete flows through the IdP (uvicorn, {args.workers} worker(s), "
+                "PostgreSQL + Redis, in-process enclave)"
             )
             for level in args.concurrency:
                 r = await run_level(base, directory, wallets, level, args.seconds, server.pid or 0)
@@ -474,6 +504,9 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--wallets", type=int, default=64)
+    parser.add_argument(
+        "--workers", type=int, default=2, help="server worker processes (healthid serve --workers)"
+    )
     import uvloop
 
     sys.exit(uvloop.run(main(parser.parse_args())))

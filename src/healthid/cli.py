@@ -57,13 +57,28 @@ def main() -> None:
     help="Development: import a demo registry of made-up people and mount the eID-Server "
     "stand-in beside the IdP (what `make run` does).",
 )
-def serve(host: str | None, port: int | None, demo: bool) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes on one socket; more than one needs Redis (flow state is shared "
+    "there, so consecutive requests of one flow may land on different workers).",
+)
+def serve(host: str | None, port: int | None, demo: bool, workers: int) -> None:
     """Run the host (IdP, wallet API) with the configured stores and enclave."""
     import uvicorn
 
-    from healthid.runtime import build_app
+    from healthid.runtime import build_app, prepare_for_workers
 
     settings = _settings()
+    if workers > 1 and (demo or not settings.redis_url):
+        click.echo(
+            "healthid: --workers > 1 needs HEALTHID_REDIS_URL (shared flow state) and "
+            "cannot be combined with --demo",
+            err=True,
+        )
+        sys.exit(2)
     host = host or settings.listen_host
     port = port or settings.listen_port
     settings = settings.model_copy(update={"listen_host": host, "listen_port": port})
@@ -95,16 +110,21 @@ def serve(host: str | None, port: int | None, demo: bool) -> None:
     )
     if demo:
         _print_demo_hints(host, port)
-    uvicorn.run(
-        build_app(settings, extra_routes=extra),
-        host=host,
-        port=port,
-        log_level="info",
-        server_header=False,
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "info",
+        "server_header": False,
         # The peer must stay the TLS terminator's address: X-SSL-CERT and X-Forwarded-For are
         # believed only from trusted proxies (the app reads them itself, see wallet_api).
-        proxy_headers=False,
-    )
+        "proxy_headers": False,
+    }
+    if workers > 1:
+        asyncio.run(prepare_for_workers(settings))
+        click.echo(f"{workers} worker processes")
+        uvicorn.run("healthid.runtime:worker_app", factory=True, workers=workers, **options)
+        return
+    uvicorn.run(build_app(settings, extra_routes=extra), **options)
 
 
 def _seed_demo(settings: Settings) -> dict[str, Any]:

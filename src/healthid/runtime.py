@@ -342,13 +342,18 @@ def build_app(
     *,
     extra_routes: Sequence[BaseRoute] = (),
     resolver: RelyingPartyResolver | None = None,
+    prepared: bool = False,
 ) -> Starlette:
-    """The host ASGI app for ``healthid serve``; stores open in the app's lifespan."""
+    """The host ASGI app for ``healthid serve``; stores open in the app's lifespan.
+
+    ``prepared``: the database is migrated and the first keys exist (one of several
+    workers, whose parent did that once): the app neither migrates nor creates keys.
+    """
     holder: list[Runtime] = []
     fetchers: list[GuardedFetcher] = []
 
     async def deps() -> HostDeps:
-        rt = await open_runtime(settings)
+        rt = await open_runtime(settings, migrate=False if prepared else None)
         holder.append(rt)
         registry = None
         if resolver is None and settings.fedmaster_url and settings.fedmaster_jwks_file:
@@ -361,7 +366,7 @@ def build_app(
                 master_jwks=pinned_master_jwks(settings.fedmaster_jwks_file),
                 clock=time.time,
             )
-        if settings.development:
+        if settings.development and not prepared:
             await rt.ensure_keys()
         wallet = rt.wallet_service()
         publisher = rt.federation_publisher()
@@ -404,3 +409,22 @@ def build_app(
             await holder.pop().aclose()
 
     return create_app(deps, close, extra_routes=extra_routes)
+
+
+def worker_app() -> Starlette:
+    """One worker of ``healthid serve --workers N`` (uvicorn imports this factory in each
+    worker process): settings from the environment and HEALTHID_CONFIG, like the parent's;
+    the parent has migrated the database and created the first keys."""
+    from healthid.settings import load_settings
+
+    return build_app(load_settings(), prepared=True)
+
+
+async def prepare_for_workers(settings: Settings) -> None:
+    """What the workers must not race on, done once before they start: migrations (in
+    development) and the first signing keys."""
+    rt = await open_runtime(settings)
+    try:
+        await rt.ensure_keys()
+    finally:
+        await rt.aclose()

@@ -136,15 +136,16 @@ version {html.escape(__version__)}, {html.escape(deps.mode)} mode.</p>{banner}
         return HTMLResponse(page, headers=SECURITY_HEADERS)
 
     return Starlette(
+        # Starlette tries routes in order: the endpoints of every login come first.
         routes=[
+            *oidc_routes(lambda: state["deps"].oidc, lambda: state["deps"].trusted_proxies),
+            *wallet_routes(lambda: state["deps"].wallet, lambda: state["deps"].trusted_proxies),
             Route("/", index),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/status", status),
-            *wallet_routes(lambda: state["deps"].wallet, lambda: state["deps"].trusted_proxies),
             *federation_routes(lambda: state["deps"].federation),
             *app_link_routes(lambda: state["deps"].app_links),
-            *oidc_routes(lambda: state["deps"].oidc, lambda: state["deps"].trusted_proxies),
             *extra_routes,
         ],
         lifespan=lifespan,

@@ -125,9 +125,10 @@ def oidc_routes(
 
     return [
         Route("/PAR_Auth", guarded(par_endpoint), methods=["POST"]),
-        Route("/PAR_Auth", wrong_method, methods=["GET", "PUT", "DELETE", "PATCH"]),
-        Route("/token", wrong_method, methods=["GET", "PUT", "DELETE", "PATCH"]),
         Route("/auth", guarded(authorization_endpoint), methods=["GET"]),
         Route("/wallet/v1/authorizations", guarded(consent_endpoint), methods=["POST"]),
         Route("/token", guarded(token_endpoint), methods=["POST"]),
+        # a path that matches with another method falls through to these
+        Route("/PAR_Auth", wrong_method, methods=["GET", "PUT", "DELETE", "PATCH"]),
+        Route("/token", wrong_method, methods=["GET", "PUT", "DELETE", "PATCH"]),
     ]

@@ -221,6 +221,8 @@ def wallet_routes(
 
     prefix = "/wallet/v1"
     return [
+        Route(f"{prefix}/auth/challenges", guarded(challenge), methods=["POST"]),  # every login
+        Route(f"{prefix}/auth/assertions", guarded(assertion), methods=["POST"]),
         Route(f"{prefix}/enrolments", guarded(start), methods=["POST"]),
         Route(f"{prefix}/enrolments/{{enrolment_id}}/egk", guarded(egk), methods=["POST"]),
         Route(f"{prefix}/enrolments/{{enrolment_id}}/eid", guarded(eid_start), methods=["POST"]),
@@ -230,8 +232,6 @@ def wallet_routes(
             methods=["POST"],
         ),
         Route(f"{prefix}/enrolments/{{enrolment_id}}/device", guarded(device), methods=["POST"]),
-        Route(f"{prefix}/auth/challenges", guarded(challenge), methods=["POST"]),
-        Route(f"{prefix}/auth/assertions", guarded(assertion), methods=["POST"]),
         Route(f"{prefix}/devices", guarded(devices), methods=["GET"]),
         Route(f"{prefix}/devices/{{device_id}}", guarded(revoke), methods=["DELETE"]),
         Route(f"{prefix}/history", guarded(history), methods=["GET"]),
