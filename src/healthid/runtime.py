@@ -7,6 +7,7 @@ runs in-process (``tee: simulated``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import time
@@ -23,7 +24,10 @@ from starlette.routing import BaseRoute
 
 from healthid.eid.client import EidClient, EidClientConfig
 from healthid.eid.transport import TransportConfig
+from healthid.enclave.attestation import SimulatedEvidence
+from healthid.enclave.audit_signer import AuditSigner
 from healthid.enclave.rpc.client import RemoteEnclave
+from healthid.enclave.sealed_keys import load_or_create_key
 from healthid.enclave.sealing import SimulatedFileSealer
 from healthid.enclave.service import Enclave
 from healthid.enclave.vault import Vault
@@ -42,6 +46,7 @@ from healthid.protocol.federation.provider import ProviderConfiguration
 from healthid.protocol.oauth.errors import InvalidClientError
 from healthid.settings import KeyBackend, Settings, TeeKind
 from healthid.store.ephemeral import EphemeralStore, open_ephemeral_store
+from healthid.store.sql.audit import AuditLog
 from healthid.store.sql.devices import DeviceRepository
 from healthid.store.sql.engine import create_engine, upgrade
 from healthid.store.sql.keyring import SqlKeyRingRepository
@@ -100,9 +105,15 @@ def build_enclave(
         egk_cas=load_egk_cas(settings),
         eid_client_factory=eid_client_factory(settings),
         token_signer=token_signer,
+        identity_key=load_or_create_key(
+            root, "identity", enclave_dir(settings) / IDENTITY_KEY_FILE
+        ),
+        audit=AuditSigner.load_or_create(root, enclave_dir(settings)),
+        evidence=SimulatedEvidence(),
     )
 
 
+IDENTITY_KEY_FILE = "identity-key.sealed.json"  # the enclave's attested identity key
 KEY_RING_CACHE_SECONDS = 5  # each worker rereads the signing-key schedule this often
 DEV_FEDMASTER_URL = "http://127.0.0.1:8081"  # `healthid fedmaster` in development
 KOMP_TEST_CA_DIR = "komp-test-ca"
@@ -254,9 +265,11 @@ class Runtime:
     ephemeral: EphemeralStore
     key_store: SigningKeyStore
     devices: DeviceRepository
+    audit: AuditLog
 
     def wallet_service(self) -> WalletService:
         return WalletService(
+            audit=self.audit,
             enclave=self.enclave,
             policyholders=self.policyholders,
             devices=self.devices,
@@ -291,6 +304,9 @@ class Runtime:
             await self.key_ring(purpose).ensure(purpose)
 
     async def aclose(self) -> None:
+        await self.audit.aclose()  # what is still queued is written first
+        with contextlib.suppress(Exception):  # then signed, if the enclave still answers
+            await self.audit.checkpoint(self.enclave)
         close_keys = getattr(self.key_store, "close", None)
         if callable(close_keys):
             close_keys()
@@ -318,6 +334,7 @@ async def open_runtime(settings: Settings, *, migrate: bool | None = None) -> Ru
         ephemeral=open_ephemeral_store(settings.redis_url, prefix=settings.redis_prefix),
         key_store=key_store,
         devices=DeviceRepository(engine),
+        audit=AuditLog(engine),
     )
 
 
@@ -380,7 +397,11 @@ def build_app(
             publisher=publisher,
             sso_window=settings.sso_window,
             development=settings.development,
+            audit=rt.audit,
         )
+        # the audit trail: queued by the services, written every second, and checkpointed
+        # (signed) by the enclave every minute
+        rt.audit.start(rt.enclave)
         return HostDeps(
             mode=settings.mode.value,
             public_url=settings.public_url,

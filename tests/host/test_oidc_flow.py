@@ -7,6 +7,7 @@ own tests); everything else is the real app on SQLite and on PostgreSQL + Redis.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -25,10 +26,11 @@ from starlette.testclient import TestClient
 
 from healthid.demo.egk_test_ca import TestEgkCa
 from healthid.demo.synthetic import synthetic_rows
+from healthid.protocol.audit import AuditEntry, AuditEvent
 from healthid.protocol.federation import ResolvedRelyingParty
 from healthid.protocol.jose import decrypt_id_token, verify_compact
 from healthid.protocol.jose.jws import TYP_ID_TOKEN, TYP_SIGNED_JWKS
-from healthid.runtime import EGK_TEST_CA_DIR, build_app
+from healthid.runtime import EGK_TEST_CA_DIR, build_app, open_runtime
 from healthid.settings import Settings
 from healthid.wallet.client import WalletClient
 
@@ -378,3 +380,45 @@ def test_single_sign_on_is_reported_per_id_token_version(
             v1["amr"] == ["urn:telematik:auth:other"]
             and v1["urn:telematik:auth:interactive"] == "silent"
         )
+
+
+def test_authorization_consent_and_token_are_audited(
+    settings: Settings, rp: FakeRp, tmp_path: Path
+) -> None:
+    """PAR, consent and the token endpoint's answers, good and bad, reach the audit trail
+    with the relying party and the pseudonym (never the person's data)."""
+    import_synthetic_registry(settings, 6, seed=17)
+    with TestClient(build_app(settings, resolver=StubResolver(rp)), base_url=IDP) as c:
+        wallet = enrolled_wallet(c, settings, tmp_path, ROWS[2])
+        claims = _id_token_for(c, rp, wallet, {})
+        assert isinstance(claims, dict)
+        refused = c.post(  # a code that was never issued
+            f"{IDP}/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": "x" * 43,
+                "code_verifier": "v" * 43,
+                "client_id": RP,
+                "redirect_uri": REDIRECT,
+            },
+            headers=rp.cert_header(),
+        )
+        assert refused.status_code == 400
+
+    async def events() -> list[AuditEvent]:
+        rt = await open_runtime(settings, migrate=False)
+        try:
+            return [i.event for i in await rt.audit.read() if isinstance(i, AuditEntry)]
+        finally:
+            await rt.aclose()
+
+    recorded = asyncio.run(events())
+    by_kind = {(e.kind.value, e.outcome.value): e for e in recorded}
+    assert by_kind[("authorization_request", "success")].client_id == RP
+    consent = by_kind[("consent", "success")]
+    token = by_kind[("token_request", "success")]
+    assert consent.client_id == token.client_id == RP
+    assert consent.actor is not None and consent.actor == token.actor  # the pseudonym
+    assert token.details["acr"] == "gematik-ehealth-loa-substantial"
+    assert by_kind[("token_request", "failure")].details["error"] == "invalid_grant"
+    assert ROWS[2]["kvnr"] not in repr(recorded)

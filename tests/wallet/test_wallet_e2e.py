@@ -3,6 +3,8 @@ recover after a lost phone — through the real app on SQLite and on PostgreSQL 
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +13,9 @@ from starlette.testclient import TestClient
 
 from healthid.demo.egk_test_ca import TestEgkCa
 from healthid.demo.synthetic import synthetic_rows
-from healthid.runtime import EGK_TEST_CA_DIR, build_app
+from healthid.enclave.api import AUDIT_PUBLIC_JWK_FILE
+from healthid.protocol.audit import AuditEntry, checkpoint_verifier
+from healthid.runtime import EGK_TEST_CA_DIR, build_app, open_runtime
 from healthid.settings import Settings
 from healthid.wallet.client import WalletClient, WalletClientError
 from stack_testlib import import_synthetic_registry, settings_for
@@ -179,3 +183,55 @@ def test_each_login_adds_exactly_one_history_event(
         f"{IDP}/wallet/v1/history", headers={"Authorization": f"Bearer {session}"}
     ).json()["events"]
     assert after - before == 2
+
+
+def test_every_security_event_lands_in_the_verifiable_audit_trail(
+    settings: Settings, registry: list[dict[str, str]], tmp_path: Path
+) -> None:
+    """Enrolment, proof, binding, login (good and bad), revocation and recovery are recorded
+    with pseudonyms only, and the chain verifies against the enclave's audit key."""
+    card = card_for(settings, registry[9])
+    with TestClient(build_app(settings), base_url=IDP) as client:
+        phone = WalletClient(IDP, tmp_path / "phone", http=client)
+        phone.enroll_with_egk(card)
+        phone.login()
+        tablet = WalletClient(IDP, tmp_path / "tablet", http=client)
+        tablet.enroll_with_egk(card)
+        phone.revoke(tablet.state()["device_id"])
+        with pytest.raises(WalletClientError):
+            tablet.login()
+        WalletClient(IDP, tmp_path / "new", http=client).enroll_with_egk(card, replace_devices=True)
+
+    async def read() -> tuple[list[AuditEntry], bool]:
+        rt = await open_runtime(settings, migrate=False)
+        try:
+            jwks = {
+                "keys": [
+                    json.loads((settings.data_dir / "enclave" / AUDIT_PUBLIC_JWK_FILE).read_text())
+                ]
+            }
+            report = await rt.audit.verify(checkpoint_verifier(jwks))
+            items = await rt.audit.read()
+        finally:
+            await rt.aclose()
+        return [
+            i for i in items if isinstance(i, AuditEntry)
+        ], report.ok and not report.unsigned_tail
+
+    entries, verified = asyncio.run(read())
+    assert verified  # the chain is intact and signed up to its head (checkpoint at shutdown)
+    seen = [(e.event.kind.value, e.event.outcome.value) for e in entries]
+    for expected in [
+        ("identity_proof", "success"),
+        ("enrolment", "success"),
+        ("device_bound", "success"),
+        ("login", "success"),
+        ("device_revoked", "success"),
+        ("login", "failure"),
+        ("recovery", "success"),
+    ]:
+        assert expected in seen, expected
+    person = registry[9]
+    dump = repr(entries)
+    for secret in (person["kvnr"], person["family_name"], person["given_name"]):
+        assert secret not in dump  # pseudonyms only

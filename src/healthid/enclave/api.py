@@ -232,6 +232,20 @@ class EnclaveClient(Protocol):
         """The ID token as a JWE for the relying party (signed and encrypted inside)."""
         ...
 
+    async def attest(self, nonce: bytes) -> bytes:
+        """The attestation document (JSON) for ``nonce``: the enclave's public keys bound
+        into its evidence (healthid.protocol.tee); 16 to 64 bytes of nonce."""
+        ...
+
+    async def audit_head(self) -> SignedCheckpoint | None:
+        """The last audit checkpoint the enclave signed (None before the first)."""
+        ...
+
+    async def sign_audit_checkpoint(self, request: AuditCheckpointRequest) -> SignedCheckpoint:
+        """Sign the audit chain's head after ``request.entries``; EnclaveError if they do not
+        extend the enclave's last signed head."""
+        ...
+
 
 class EnclaveUnavailable(EnclaveError):  # noqa: N818 - the name says the state
     """The enclave process cannot be reached or did not answer in time: the host answers 503.

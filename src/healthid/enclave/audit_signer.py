@@ -17,24 +17,18 @@ checkpoints published outside the operator's reach. Several processes sharing th
 
 from __future__ import annotations
 
-import base64
 import fcntl
 import json
 import os
-import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from healthid.enclave import api
-from healthid.enclave.sealing import SealingError
+from healthid.enclave.sealed_keys import load_or_create_key
 from healthid.enclave.vault import RootKey
 from healthid.keys import es256
 from healthid.keys.jwk import signing_jwk
@@ -53,38 +47,7 @@ from healthid.protocol.jose import sign_compact
 KEY_FILE = "audit-key.sealed.json"
 HEAD_FILE = "audit-head.jws"
 LOCK_FILE = "audit.lock"
-KEY_FORMAT = 1
-SCALAR_LEN = 32  # P-256 private scalar
-NONCE_LEN = 12
-_WRAP_INFO = b"healthid/v1/audit-key-wrap"
-_WRAP_AAD = b"healthid/audit-key/v1"
-
-
-def _kek(root: RootKey) -> AESGCM:
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_WRAP_INFO)
-    return AESGCM(hkdf.derive(root.secret))
-
-
-def _aad(root: RootKey, kid: str) -> bytes:
-    return b"|".join((_WRAP_AAD, root.key_id.encode("ascii"), kid.encode("ascii")))
-
-
-def _write_new(path: Path, text: str, mode: int) -> bool:
-    """Create ``path`` with ``text`` complete (written aside, then linked into place); False
-    if another process created it first."""
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink()
-    return True
+PURPOSE = "audit"  # the sealed-key label: keys wrapped for one purpose open for no other
 
 
 class AuditSigner:
@@ -109,49 +72,10 @@ class AuditSigner:
         cls, root: RootKey, directory: Path, *, clock: Callable[[], float] = time.time
     ) -> AuditSigner:
         """The audit key sealed under ``directory``; generated on first use."""
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = directory / KEY_FILE
-        if not path.exists():
-            key = ec.generate_private_key(ec.SECP256R1())
-            if _write_new(path, cls._seal(root, key), 0o600):
-                signer = cls(key, directory, clock=clock)
-                signer._publish()
-                return signer
-        signer = cls(cls._unseal(root, path), directory, clock=clock)
+        key = load_or_create_key(root, PURPOSE, directory / KEY_FILE)
+        signer = cls(key, directory, clock=clock)
         signer._publish()
         return signer
-
-    @staticmethod
-    def _seal(root: RootKey, key: ec.EllipticCurvePrivateKey) -> str:
-        kid = signing_jwk(key.public_key())["kid"]
-        scalar = key.private_numbers().private_value.to_bytes(SCALAR_LEN, "big")
-        nonce = os.urandom(NONCE_LEN)
-        blob = nonce + _kek(root).encrypt(nonce, scalar, _aad(root, kid))
-        doc = {
-            "format": KEY_FORMAT,
-            "root_key_id": root.key_id,
-            "kid": kid,
-            "wrapped": base64.b64encode(blob).decode("ascii"),
-        }
-        return json.dumps(doc, indent=2)
-
-    @staticmethod
-    def _unseal(root: RootKey, path: Path) -> ec.EllipticCurvePrivateKey:
-        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise SealingError(f"{path} is readable by others; chmod 600 it")
-        try:
-            doc = json.loads(path.read_text())
-            kid = str(doc["kid"])
-            blob = base64.b64decode(doc["wrapped"], validate=True)
-            if doc.get("format") != KEY_FORMAT or doc.get("root_key_id") != root.key_id:
-                raise SealingError(f"{path} was sealed under another root key or format")
-            scalar = _kek(root).decrypt(blob[:NONCE_LEN], blob[NONCE_LEN:], _aad(root, kid))
-            key = ec.derive_private_key(int.from_bytes(scalar, "big"), ec.SECP256R1())
-        except (ValueError, KeyError, TypeError, InvalidTag) as exc:
-            raise SealingError(f"{path} is not a valid sealed audit key") from exc
-        if signing_jwk(key.public_key())["kid"] != kid:
-            raise SealingError(f"{path} does not match its recorded key id")
-        return key
 
     def _publish(self) -> None:
         """Write the public JWK beside the key (for `healthid audit verify` in development)."""

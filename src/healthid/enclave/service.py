@@ -18,10 +18,13 @@ from datetime import UTC, date, datetime
 
 import cbor2
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from healthid import __version__
 from healthid.eid.client import EidClient
 from healthid.enclave import api, id_token
+from healthid.enclave.attestation import EvidenceProvider, make_attestation_document
+from healthid.enclave.audit_signer import AuditSigner
 from healthid.enclave.eid_proofing import EidProofing
 from healthid.enclave.proofing import Proofing, ProvenAttributes
 from healthid.enclave.registry.formats import (
@@ -41,11 +44,15 @@ from healthid.enclave.registry.model import (
 )
 from healthid.enclave.sealing import SIMULATED_WARNING
 from healthid.enclave.vault import RootKey, Vault, VaultError, WrappedKey
+from healthid.protocol.audit import SignedCheckpoint
 from healthid.protocol.egk import EgkError, verify_egk_authentication
+from healthid.protocol.tee import TeeAttestationError
 
 KVNR_INDEX = "kvnr"
 NAME_BIRTH_INDEX = "name_birth"
 MAX_PENDING_IMPORTS = 4
+IDENTITY_ROLE = "identity"  # attestation claims: the enclave's identity key
+AUDIT_ROLE = "audit"  # ... and the key that signs audit checkpoints
 PENDING_IMPORT_TTL = 3600.0  # seconds a prepared import stays in enclave memory
 IMPORT_CHUNK = 2_000  # rows per unit of work handed to a worker process
 
@@ -94,6 +101,9 @@ class Enclave:
         egk_cas: Sequence[x509.Certificate] = (),
         eid_client_factory: Callable[[], EidClient] | None = None,
         token_signer: Callable[[str, bytes], bytes] | None = None,
+        identity_key: ec.EllipticCurvePrivateKey | None = None,
+        audit: AuditSigner | None = None,
+        evidence: EvidenceProvider | None = None,
     ) -> None:
         self._vault = vault
         self._root = root
@@ -112,6 +122,9 @@ class Enclave:
         )
         self._eid = EidProofing(eid_client_factory, self._proofing.begin)
         self._token_signer = token_signer
+        self._identity = identity_key
+        self._audit = audit
+        self._evidence = evidence
 
     # -- status ---------------------------------------------------------------------------
     async def status(self) -> api.EnclaveStatus:
@@ -348,6 +361,34 @@ class Enclave:
             rp_encryption_jwk=request.rp_encryption_jwk,
             blind_index=self._vault.blind_index,
         )
+
+    # -- attestation and audit -------------------------------------------------------------
+    async def attest(self, nonce: bytes) -> bytes:
+        if self._identity is None or self._evidence is None:
+            raise api.EnclaveError("attestation is not configured in this enclave")
+        keys: dict[str, ec.EllipticCurvePublicKey | dict[str, str]] = {
+            IDENTITY_ROLE: self._identity.public_key()
+        }
+        if self._audit is not None:
+            keys[AUDIT_ROLE] = self._audit.public_jwk()
+        try:
+            document = make_attestation_document(
+                keys=keys, nonce=nonce, provider=self._evidence, now=datetime.now(UTC)
+            )
+        except (TeeAttestationError, ValueError) as exc:  # a nonce out of bounds
+            raise api.EnclaveError(f"no attestation: {exc}") from None
+        return document.to_json()
+
+    def _audit_signer(self) -> AuditSigner:
+        if self._audit is None:
+            raise api.EnclaveError("the audit signer is not configured in this enclave")
+        return self._audit
+
+    async def audit_head(self) -> SignedCheckpoint | None:
+        return await self._audit_signer().audit_head()
+
+    async def sign_audit_checkpoint(self, request: api.AuditCheckpointRequest) -> SignedCheckpoint:
+        return await self._audit_signer().sign_audit_checkpoint(request)
 
     # -- reading (inside the enclave only) ------------------------------------------------
     def open_policyholder(self, sealed: api.SealedPolicyholder) -> Policyholder:

@@ -20,7 +20,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from healthid import __version__
-from healthid.enclave.api import EnclaveClient
+from healthid.enclave.api import EnclaveClient, EnclaveUnavailable
+from healthid.host.enclave_api import enclave_routes
 from healthid.host.federation_api import (
     AppLinks,
     FederationPublisher,
@@ -57,6 +58,16 @@ class HostDeps:
 
 def _json(body: object, status: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=SECURITY_HEADERS)
+
+
+async def _enclave_unavailable(_request: Request, _exc: Exception) -> Response:
+    """The enclave process is down or did not answer: nothing was issued; try again (the
+    OAuth error format, which the wallet API shares)."""
+    return JSONResponse(
+        {"error": "temporarily_unavailable", "error_description": "please try again later"},
+        status_code=503,
+        headers={**SECURITY_HEADERS, "Retry-After": "5"},
+    )
 
 
 def create_app(
@@ -146,7 +157,9 @@ version {html.escape(__version__)}, {html.escape(deps.mode)} mode.</p>{banner}
             Route("/status", status),
             *federation_routes(lambda: state["deps"].federation),
             *app_link_routes(lambda: state["deps"].app_links),
+            *enclave_routes(lambda: state["deps"].enclave),
             *extra_routes,
         ],
+        exception_handlers={EnclaveUnavailable: _enclave_unavailable},
         lifespan=lifespan,
     )

@@ -23,6 +23,7 @@ from healthid.enclave.api import EnclaveClient, IdTokenRequest
 from healthid.host.federation_api import TOKEN_PURPOSE, FederationPublisher
 from healthid.host.relying_parties import RelyingPartyError
 from healthid.host.wallet_service import WalletError, WalletService
+from healthid.protocol.audit import AuditEvent, AuditKind, AuditOutcome
 from healthid.protocol.federation import ResolvedRelyingParty
 from healthid.protocol.oauth import authorize, par, token
 from healthid.protocol.oauth.client import RegisteredClient
@@ -37,6 +38,7 @@ from healthid.protocol.oauth.errors import (
 )
 from healthid.protocol.oidc.loa import AMR_SSO, Assurance
 from healthid.store.ephemeral import EphemeralStore
+from healthid.store.sql.audit import NO_AUDIT, AuditSink
 from healthid.store.sql.policyholders import PolicyholderRepository
 
 ID_TOKEN_LIFETIME = token.ID_TOKEN_LIFETIME
@@ -121,7 +123,9 @@ class OidcService:
         rng: Callable[[int], bytes] = secrets.token_bytes,
         sso_window: int = 0,
         development: bool = False,
+        audit: AuditSink | None = None,
     ) -> None:
+        self._audit = audit or NO_AUDIT
         self._issuer = issuer
         self._development = development
         self._sso_window = sso_window
@@ -136,6 +140,26 @@ class OidcService:
 
     def _now(self) -> int:
         return int(self._clock())
+
+    def _event(
+        self,
+        kind: AuditKind,
+        outcome: AuditOutcome = AuditOutcome.SUCCESS,
+        *,
+        actor: str | None = None,
+        client_id: str | None = None,
+        **details: str,
+    ) -> None:
+        self._audit.append(
+            AuditEvent(
+                time=self._now(),
+                kind=kind,
+                outcome=outcome,
+                actor=actor,
+                client_id=client_id,
+                details=details,
+            )
+        )
 
     async def _client(self, client_id: str) -> ResolvedRelyingParty:
         try:
@@ -153,16 +177,26 @@ class OidcService:
     ) -> par.ParResponse:
         # everything that needs no RP metadata, in gsi order
         params = par.parse_par(form, allow_http=self._development)
-        rp = await self._client(params.client_id)
-        request = par.validate_par(
-            form,
-            client=registered_client(rp),
-            client_cert=client_cert,
-            now=self._now(),
-            allow_http=self._development,
-        )
+        try:
+            rp = await self._client(params.client_id)
+            request = par.validate_par(
+                form,
+                client=registered_client(rp),
+                client_cert=client_cert,
+                now=self._now(),
+                allow_http=self._development,
+            )
+        except OAuthError as exc:
+            self._event(
+                AuditKind.AUTHORIZATION_REQUEST,
+                AuditOutcome.FAILURE,
+                client_id=params.client_id,
+                error=exc.error,
+            )
+            raise
         request_uri = par.new_request_uri(self._rng)
         await self._store.put(f"par:{request_uri}", _dump(request), par.REQUEST_URI_TTL)
+        self._event(AuditKind.AUTHORIZATION_REQUEST, client_id=params.client_id)
         return par.ParResponse(request_uri=request_uri)
 
     # -- authorization (spec §2 steps 3-5) --------------------------------------------------
@@ -197,6 +231,12 @@ class OidcService:
                 self._wallet.session_keys(session)  # raises the session error
             state, assurance = self._wallet.session_from(*session_raw)
         except WalletError as exc:
+            self._event(
+                AuditKind.CONSENT,
+                AuditOutcome.DENIED,
+                client_id=pending.client_id,
+                reason="no valid device session",
+            )
             return authorize.error_redirect(pending, AccessDeniedError(exc.description))
         pseudonym, auth_time = state["pseudonym"], int(state["auth_time"])
         age = self._now() - auth_time
@@ -210,6 +250,13 @@ class OidcService:
             given = authorize.consent(pending, selected_claims)
             authorize.check_assurance(pending, assurance)
         except OAuthError as exc:
+            self._event(
+                AuditKind.CONSENT,
+                AuditOutcome.DENIED,
+                actor=pseudonym,
+                client_id=pending.client_id,
+                error=exc.error,
+            )
             if not exc.redirectable:
                 raise
             return authorize.error_redirect(pending, exc)
@@ -225,12 +272,25 @@ class OidcService:
         await self._store.put(
             f"code:{issued.code}", json.dumps(record).encode(), authorize.AUTHORIZATION_CODE_TTL
         )
+        self._event(AuditKind.CONSENT, actor=pseudonym, client_id=pending.client_id)
         return location
 
     # -- token (spec §2 steps 6-7) ----------------------------------------------------------
     async def exchange(
         self, form: Mapping[str, Sequence[str]], client_cert: bytes | None
     ) -> dict[str, Any]:
+        """The token endpoint; every answer is recorded in the audit trail."""
+        try:
+            answer, pseudonym, client_id, acr = await self._exchange(form, client_cert)
+        except OAuthError as exc:
+            self._event(AuditKind.TOKEN_REQUEST, AuditOutcome.FAILURE, error=exc.error)
+            raise
+        self._event(AuditKind.TOKEN_REQUEST, actor=pseudonym, client_id=client_id, acr=acr)
+        return answer
+
+    async def _exchange(
+        self, form: Mapping[str, Sequence[str]], client_cert: bytes | None
+    ) -> tuple[dict[str, Any], str, str, str]:
         request = token.parse_token_request(form)
         raw = await self._store.consume(f"code:{request.code}")  # single use, atomic
         record = None if raw is None else json.loads(raw)
@@ -267,7 +327,7 @@ class OidcService:
             )
         except ValueError:
             raise ServerError("the ID token could not be built") from None
-        return {
+        answer = {
             "id_token": id_token,
             # RFC 6749 §5.1 requires one; no resource server accepts it (spec §2 step 7)
             "access_token": base64.urlsafe_b64encode(self._rng(ACCESS_TOKEN_BYTES))
@@ -276,6 +336,7 @@ class OidcService:
             "token_type": "Bearer",
             "expires_in": ID_TOKEN_LIFETIME,
         }
+        return answer, record["pseudonym"], grant.client_id, assurance.acr
 
 
 def client_certificate(

@@ -43,6 +43,7 @@ from healthid.host.wallet_errors import (
     WalletError,
 )
 from healthid.protocol import device_auth
+from healthid.protocol.audit import AuditEvent, AuditKind, AuditOutcome
 from healthid.protocol.jose.keys import b64url_decode, b64url_encode
 from healthid.protocol.oidc.loa import (
     Assurance,
@@ -51,6 +52,7 @@ from healthid.protocol.oidc.loa import (
     derive_assurance,
 )
 from healthid.store.ephemeral import EphemeralStore
+from healthid.store.sql.audit import NO_AUDIT, AuditSink
 from healthid.store.sql.devices import DeviceRecord, DeviceRepository, HistoryEntry
 from healthid.store.sql.policyholders import PolicyholderRepository
 
@@ -115,7 +117,9 @@ class WalletService:
         limits: WalletLimits | None = None,
         clock: Callable[[], float] = time.time,
         session_ttl: int = DEVICE_SESSION_TTL,
+        audit: AuditSink | None = None,
     ) -> None:
+        self._audit = audit or NO_AUDIT
         self._session_ttl = session_ttl
         self._enclave = enclave
         self._policyholders = policyholders
@@ -128,6 +132,27 @@ class WalletService:
 
     def _now(self) -> int:
         return int(self._clock())
+
+    def _event(
+        self,
+        kind: AuditKind,
+        outcome: AuditOutcome = AuditOutcome.SUCCESS,
+        *,
+        actor: str | None = None,
+        subject: str | None = None,
+        **details: str,
+    ) -> None:
+        """Record a security event in the audit trail (pseudonyms and opaque ids only)."""
+        self._audit.append(
+            AuditEvent(
+                time=self._now(),
+                kind=kind,
+                outcome=outcome,
+                actor=actor,
+                subject=subject,
+                details=details,
+            )
+        )
 
     # -- state helpers ------------------------------------------------------------------------
     async def _put(self, key: str, value: dict[str, Any], ttl: int) -> None:
@@ -179,6 +204,9 @@ class WalletService:
             )
         except ProofRejected as exc:
             await self._rate.count("proof_ip", ip, self._limits.failed_proofs_per_ip)
+            self._event(
+                AuditKind.IDENTITY_PROOF, AuditOutcome.FAILURE, method="egk", reason="rejected"
+            )
             raise Forbidden(str(exc)) from None
         match = await self._match(lookup.proof_id, lookup.lookups, ip=ip)
         await self._record_proof(enrolment_id, state, match)
@@ -215,6 +243,9 @@ class WalletService:
             lookup = await self._enclave.eid_collect(handle)
         except ProofRejected as exc:
             await self._rate.count("proof_ip", ip, self._limits.failed_proofs_per_ip)
+            self._event(
+                AuditKind.IDENTITY_PROOF, AuditOutcome.FAILURE, method="eid", reason="rejected"
+            )
             raise Forbidden(str(exc)) from None
         if lookup is None:
             return None
@@ -242,6 +273,9 @@ class WalletService:
         try:
             match = await self._enclave.match_identity(proof_id, list(candidates.values()))
         except IdentityNotConfirmed:
+            self._event(
+                AuditKind.IDENTITY_PROOF, AuditOutcome.DENIED, reason="identity not confirmed"
+            )
             await self._rate.count("proof_ip", ip, self._limits.failed_proofs_per_ip)
             for pseudonym in candidates:
                 await self._rate.count(
@@ -256,6 +290,7 @@ class WalletService:
         self, enrolment_id: str, state: dict[str, Any], match: IdentityMatch
     ) -> None:
         state |= {"pseudonym": match.pseudonym, "method": match.method, "proofed_at": self._now()}
+        self._event(AuditKind.IDENTITY_PROOF, actor=match.pseudonym, method=match.method)
         remaining = max(1, ENROLMENT_TTL - (self._now() - int(state["started"])))
         await self._put(f"enrol:{enrolment_id}", state, remaining)
 
@@ -311,6 +346,20 @@ class WalletService:
         await self._devices.add(device, revoke_others_at=now if replace_devices else None)
         if replace_devices:
             await self._mark_revoked(sorted(before), now)
+        self._event(
+            AuditKind.RECOVERY if replace_devices else AuditKind.ENROLMENT,
+            actor=pseudonym,
+            method=state["method"],
+        )
+        self._event(
+            AuditKind.DEVICE_BOUND,
+            actor=pseudonym,
+            subject=device.device_id,
+            key_class=device.key_class,
+            attestation=attestation_format,
+        )
+        for old in sorted(before) if replace_devices else []:
+            self._event(AuditKind.DEVICE_REVOKED, actor=pseudonym, subject=old, reason="recovery")
         revoked = len(before) if replace_devices else 0
         kind = "recovered" if replace_devices else "enrolled"
         await self._history(pseudonym, HistoryEvent(kind=kind, at=now, detail=state["method"]))
@@ -375,7 +424,13 @@ class WalletService:
             return await self._login(
                 raw, device_id=device_id, counter=counter, signature=signature, cached=cached
             )
-        except WalletError:
+        except WalletError as exc:
+            self._event(
+                AuditKind.LOGIN,
+                AuditOutcome.FAILURE,
+                subject=device_id if _DEVICE_ID.fullmatch(device_id) else None,
+                reason=exc.description[:200],
+            )
             for name, subject, rule in checks:
                 await self._rate.count(name, subject, rule)
             raise
@@ -481,6 +536,7 @@ class WalletService:
             },
             self._session_ttl,
         )
+        self._event(AuditKind.LOGIN, actor=device.pseudonym, subject=device_id)
         return LoginResult(
             session=session,
             device_id=device_id,
@@ -558,6 +614,7 @@ class WalletService:
         if not await self._devices.revoke(device_id, state["pseudonym"], now):
             raise NotFound("no such active device")
         await self._mark_revoked([device_id], now)
+        self._event(AuditKind.DEVICE_REVOKED, actor=state["pseudonym"], subject=device_id)
         await self._history(
             state["pseudonym"], HistoryEvent(kind="device_revoked", at=now, device_id=device_id)
         )

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,9 @@ from rpc_testlib import (
 )
 
 from healthid.enclave.api import (
+    AuditCheckpointRequest,
     EnclaveClient,
+    EnclaveError,
     EnclaveStatus,
     HistoryEvent,
     IdentityNotConfirmed,
@@ -42,9 +45,16 @@ from healthid.enclave.rpc import RemoteEnclave
 from healthid.enclave.service import IMPORT_CHUNK
 from healthid.enclave.vault import VaultError
 from healthid.keys.file import FileKeyStore
+from healthid.protocol.audit import GENESIS_HASH, AuditEvent, AuditKind, chain
 from healthid.protocol.jose import decrypt_id_token, verify_compact
 from healthid.protocol.jose.errors import UnsuitableKey
 from healthid.protocol.jose.jws import TYP_ID_TOKEN
+from healthid.protocol.tee import (
+    NonceMismatchError,
+    SimulatedEvidenceRejectedError,
+    TeePolicy,
+    verify_attestation_document,
+)
 from healthid.settings import Settings
 
 TRANSPORTS = ["in-process", "remote"]
@@ -273,3 +283,55 @@ async def test_mint_id_token_refuses_an_unsuitable_rp_key(
     del jwk["kid"]
     with pytest.raises(UnsuitableKey, match=r"^the RP's encryption key has no kid$"):
         await enclave.mint_id_token(replace(request, rp_encryption_jwk=jwk))
+
+
+# -- attestation and the audit witness --------------------------------------------------------
+DEV_POLICY = TeePolicy(mrsigners=frozenset({b"\x00" * 32}), isv_prod_id=0)  # unused: simulated
+
+
+async def test_attestation_binds_the_enclave_keys_and_the_nonce(enclave: EnclaveClient) -> None:
+    nonce = os.urandom(32)
+    document = await enclave.attest(nonce)
+    verified = verify_attestation_document(
+        document,
+        nonce=nonce,
+        policy=DEV_POLICY,
+        collateral=None,
+        now=datetime.now(UTC),
+        allow_simulated=True,
+    )
+    assert verified.simulated and verified.identity_key is not None
+    assert verified.key("audit") is not None  # the checkpoint key is attested too
+    with pytest.raises(NonceMismatchError):  # a replayed document answers another nonce
+        verify_attestation_document(
+            document,
+            nonce=os.urandom(32),
+            policy=DEV_POLICY,
+            collateral=None,
+            now=datetime.now(UTC),
+            allow_simulated=True,
+        )
+    with pytest.raises(SimulatedEvidenceRejectedError):  # outside development: refused
+        verify_attestation_document(
+            document, nonce=nonce, policy=DEV_POLICY, collateral=None, now=datetime.now(UTC)
+        )
+
+
+async def test_attestation_refuses_a_nonce_out_of_bounds(enclave: EnclaveClient) -> None:
+    with pytest.raises(EnclaveError):
+        await enclave.attest(b"short")
+
+
+async def test_the_audit_witness_signs_only_continuations_of_its_head(
+    enclave: EnclaveClient,
+) -> None:
+    head = await enclave.audit_head()
+    seq, digest = (0, GENESIS_HASH) if head is None else (head.checkpoint.seq, head.checkpoint.head)
+    events = [AuditEvent(time=1_700_000_000 + i, kind=AuditKind.LOGIN) for i in range(3)]
+    entries = chain(seq, digest, events)
+    signed = await enclave.sign_audit_checkpoint(AuditCheckpointRequest(entries=tuple(entries)))
+    assert signed.checkpoint.seq == seq + 3 and signed.checkpoint.head == entries[-1].entry_hash
+    assert await enclave.audit_head() == signed
+    forged = chain(seq + 3, b"\x00" * 32, events[:1])  # does not link to the signed head
+    with pytest.raises(EnclaveError):
+        await enclave.sign_audit_checkpoint(AuditCheckpointRequest(entries=tuple(forged)))

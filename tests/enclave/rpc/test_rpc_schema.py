@@ -15,6 +15,14 @@ from healthid.enclave import api
 from healthid.enclave.rpc import cbor, schema
 from healthid.enclave.rpc.errors import CodecError
 from healthid.enclave.rpc.methods import METHODS, UPLOAD_METHOD
+from healthid.protocol.audit import (
+    AuditEntry,
+    AuditEvent,
+    AuditKind,
+    AuditOutcome,
+    Checkpoint,
+    SignedCheckpoint,
+)
 from healthid.protocol.oauth.token import TokenGrant
 from healthid.protocol.oidc.loa import Assurance
 
@@ -40,7 +48,26 @@ ASSURANCE = Assurance(
         {"urn:telematik:auth:consent": ["loa-substantial"], "n": {"x": [1, 2.5, None, True]}}
     ),
 )
+CHECKPOINT = Checkpoint(seq=7, head=b"\x06" * 32, time=1_700_000_000)
+EVENT = AuditEvent(
+    time=1_700_000_000,
+    kind=AuditKind.LOGIN,
+    outcome=AuditOutcome.FAILURE,
+    actor="0" * 32,
+    subject="d" * 32,
+    client_id="https://rp.example",
+    details={"reason": "bad signature"},
+)
+ENTRY = AuditEntry(seq=8, event=EVENT, prev_hash=b"\x06" * 32, entry_hash=b"\x07" * 32)
 EXAMPLES: dict[type[Any], list[object]] = {
+    Checkpoint: [CHECKPOINT],
+    SignedCheckpoint: [SignedCheckpoint(checkpoint=CHECKPOINT, jws="a.b.c")],
+    AuditEvent: [EVENT, AuditEvent(time=1, kind=AuditKind.KEY_ROTATION)],
+    AuditEntry: [ENTRY],
+    api.AuditCheckpointRequest: [
+        api.AuditCheckpointRequest(entries=(ENTRY,)),
+        api.AuditCheckpointRequest(entries=()),
+    ],
     api.EnclaveStatus: [
         api.EnclaveStatus(tee="simulated", root_key_id="rk", version="1", warning="INSECURE"),
         api.EnclaveStatus(tee="sgx", root_key_id="rk", version="1"),

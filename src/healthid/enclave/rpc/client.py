@@ -32,6 +32,7 @@ from healthid.enclave.rpc.codec import (
 )
 from healthid.enclave.rpc.errors import CodecError, FrameTooLarge, error_from
 from healthid.enclave.rpc.methods import METHODS, UPLOAD_METHOD, UPLOAD_PART
+from healthid.protocol.audit import SignedCheckpoint
 
 CONNECT_TIMEOUT: Final = 5.0  # seconds to reach the enclave's socket
 CLIENT_GRACE: Final = 5.0  # seconds beyond the method's timeout (the enclave's answer wins)
@@ -309,6 +310,18 @@ class RemoteEnclave:
     async def mint_id_token(self, request: api.IdTokenRequest) -> str:
         args: dict[str, object] = {"request": schema.encode_id_token_request(request)}
         return schema.text(await self._call("mint_id_token", args), "mint_id_token")
+
+    async def attest(self, nonce: bytes) -> bytes:
+        return schema.blob(await self._call("attest", {"nonce": nonce}), "attest")
+
+    async def audit_head(self) -> SignedCheckpoint | None:
+        result = await self._call("audit_head", {})
+        return None if result is None else schema.decode_signed_checkpoint(result, "audit_head")
+
+    async def sign_audit_checkpoint(self, request: api.AuditCheckpointRequest) -> SignedCheckpoint:
+        args: dict[str, object] = {"request": schema.encode_audit_request(request)}
+        result = await self._call("sign_audit_checkpoint", args)
+        return schema.decode_signed_checkpoint(result, "sign_audit_checkpoint")
 
 
 def _batches(

@@ -147,6 +147,20 @@ async def _mint_id_token(s: Session, a: Fields) -> object:
     return await s.enclave.mint_id_token(a.get("request", schema.decode_id_token_request))
 
 
+async def _attest(s: Session, a: Fields) -> object:
+    return await s.enclave.attest(a.blob("nonce"))
+
+
+async def _audit_head(s: Session, a: Fields) -> object:
+    head = await s.enclave.audit_head()
+    return None if head is None else schema.encode_signed_checkpoint(head)
+
+
+async def _sign_audit_checkpoint(s: Session, a: Fields) -> object:
+    request = a.get("request", schema.decode_audit_request)
+    return schema.encode_signed_checkpoint(await s.enclave.sign_audit_checkpoint(request))
+
+
 def _method(
     name: str,
     args: tuple[str, ...],
@@ -193,5 +207,13 @@ METHODS: Final[dict[str, Method]] = {
         _method("match_identity", ("proof_id", "candidates"), _match_identity),
         _method("seal_history", ("sealed", "event"), _seal_history),
         _method("mint_id_token", ("request",), _mint_id_token),
+        _method("attest", ("nonce",), _attest),
+        _method("audit_head", (), _audit_head),
+        _method(
+            "sign_audit_checkpoint",
+            ("request",),
+            _sign_audit_checkpoint,
+            max_request=MAX_FRAME,  # up to MAX_AUDIT_CHECKPOINT_ENTRIES entries
+        ),
     )
 }

@@ -9,12 +9,22 @@ here cannot cross. Decoding errors name the field, never its value.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection, Mapping
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
 from healthid.enclave import api
 from healthid.enclave.rpc.errors import CodecError
+from healthid.protocol.audit import (
+    AuditEntry,
+    AuditEvent,
+    AuditKind,
+    AuditOutcome,
+    Checkpoint,
+    SignedCheckpoint,
+    details_json,
+)
 from healthid.protocol.oauth.token import TokenGrant
 from healthid.protocol.oidc.loa import Assurance
 
@@ -433,6 +443,91 @@ def decode_id_token_request(value: object, what: str = "IdTokenRequest") -> api.
 
 
 # Every dataclass that crosses, with its pair (the tests round-trip each one).
+
+
+# -- audit trail ----------------------------------------------------------------------------
+def encode_checkpoint(value: Checkpoint) -> dict[str, object]:
+    return {"seq": value.seq, "head": value.head, "time": value.time}
+
+
+def decode_checkpoint(value: object, what: str = "Checkpoint") -> Checkpoint:
+    f = Fields(value, what, ("seq", "head", "time"))
+    return Checkpoint(seq=f.count("seq"), head=f.blob("head"), time=f.integer("time"))
+
+
+def encode_signed_checkpoint(value: SignedCheckpoint) -> dict[str, object]:
+    return {"checkpoint": encode_checkpoint(value.checkpoint), "jws": value.jws}
+
+
+def decode_signed_checkpoint(value: object, what: str = "SignedCheckpoint") -> SignedCheckpoint:
+    f = Fields(value, what, ("checkpoint", "jws"))
+    return SignedCheckpoint(checkpoint=f.get("checkpoint", decode_checkpoint), jws=f.text("jws"))
+
+
+def encode_audit_event(value: AuditEvent) -> dict[str, object]:
+    return {
+        "time": value.time,
+        "kind": value.kind.value,
+        "outcome": value.outcome.value,
+        "actor": value.actor,
+        "subject": value.subject,
+        "client_id": value.client_id,
+        "details": details_json(value.details),
+    }
+
+
+def decode_audit_event(value: object, what: str = "AuditEvent") -> AuditEvent:
+    f = Fields(value, what, ("time", "kind", "outcome", "actor", "subject", "client_id", "details"))
+    try:
+        details = json_object(json.loads(f.text("details")), f"{what}.details")
+        return AuditEvent(
+            time=f.integer("time"),
+            kind=AuditKind(f.text("kind")),
+            outcome=AuditOutcome(f.text("outcome")),
+            actor=f.opt_text("actor"),
+            subject=f.opt_text("subject"),
+            client_id=f.opt_text("client_id"),
+            details={k: text(v, f"{what}.details") for k, v in details.items()},
+        )
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, CodecError):
+            raise
+        raise CodecError(f"{what}: not a valid audit event") from None
+
+
+def encode_audit_entry(value: AuditEntry) -> dict[str, object]:
+    return {
+        "seq": value.seq,
+        "event": encode_audit_event(value.event),
+        "prev_hash": value.prev_hash,
+        "entry_hash": value.entry_hash,
+    }
+
+
+def decode_audit_entry(value: object, what: str = "AuditEntry") -> AuditEntry:
+    f = Fields(value, what, ("seq", "event", "prev_hash", "entry_hash"))
+    return AuditEntry(
+        seq=f.count("seq"),
+        event=f.get("event", decode_audit_event),
+        prev_hash=f.blob("prev_hash"),
+        entry_hash=f.blob("entry_hash"),
+    )
+
+
+def encode_audit_request(value: api.AuditCheckpointRequest) -> dict[str, object]:
+    return {"entries": [encode_audit_entry(e) for e in value.entries]}
+
+
+def decode_audit_request(
+    value: object, what: str = "AuditCheckpointRequest"
+) -> api.AuditCheckpointRequest:
+    f = Fields(value, what, ("entries",))
+    entries = f.array("entries", decode_audit_entry)
+    if len(entries) > api.MAX_AUDIT_CHECKPOINT_ENTRIES:
+        raise CodecError(f"{what}: at most {api.MAX_AUDIT_CHECKPOINT_ENTRIES} entries")
+    return api.AuditCheckpointRequest(entries=entries)
+
+
 DATACLASS_CODECS: Final[Mapping[type[Any], tuple[Callable[[Any], object], Decoder[Any]]]] = {
     api.EnclaveStatus: (encode_status, decode_status),
     api.RowError: (encode_row_error, decode_row_error),
@@ -448,4 +543,9 @@ DATACLASS_CODECS: Final[Mapping[type[Any], tuple[Callable[[Any], object], Decode
     api.IdTokenRequest: (encode_id_token_request, decode_id_token_request),
     TokenGrant: (encode_token_grant, decode_token_grant),
     Assurance: (encode_assurance, decode_assurance),
+    Checkpoint: (encode_checkpoint, decode_checkpoint),
+    SignedCheckpoint: (encode_signed_checkpoint, decode_signed_checkpoint),
+    AuditEvent: (encode_audit_event, decode_audit_event),
+    AuditEntry: (encode_audit_entry, decode_audit_entry),
+    api.AuditCheckpointRequest: (encode_audit_request, decode_audit_request),
 }

@@ -19,7 +19,7 @@ import hashlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import Final, Protocol
 
 from sqlalchemy import bindparam, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -75,6 +75,20 @@ class AuditBacklogFull(Exception):  # noqa: N818 - the name says the state
 
 class AuditIntegrityError(Exception):
     """The stored chain cannot be handed to the enclave for a checkpoint (a row is broken)."""
+
+
+class AuditSink(Protocol):
+    """Where the services record security events (:class:`AuditLog`, or nothing)."""
+
+    def append(self, event: AuditEvent) -> None: ...
+
+
+class _NoAudit:
+    def append(self, event: AuditEvent) -> None:
+        del event
+
+
+NO_AUDIT: Final[AuditSink] = _NoAudit()  # for services built without an audit trail (tests)
 
 
 class AuditLog:
