@@ -404,6 +404,8 @@ def test_authorization_consent_and_token_are_audited(
             headers=rp.cert_header(),
         )
         assert refused.status_code == 400
+        unknown = c.post(f"{IDP}/PAR_Auth", data=par_form("c" * 43), headers={})  # no cert
+        assert unknown.status_code in (400, 401)
 
     async def events() -> list[AuditEvent]:
         rt = await open_runtime(settings, migrate=False)
@@ -414,11 +416,11 @@ def test_authorization_consent_and_token_are_audited(
 
     recorded = asyncio.run(events())
     by_kind = {(e.kind.value, e.outcome.value): e for e in recorded}
-    assert by_kind[("authorization_request", "success")].client_id == RP
     consent = by_kind[("consent", "success")]
     token = by_kind[("token_request", "success")]
     assert consent.client_id == token.client_id == RP
     assert consent.actor is not None and consent.actor == token.actor  # the pseudonym
     assert token.details["acr"] == "gematik-ehealth-loa-substantial"
     assert by_kind[("token_request", "failure")].details["error"] == "invalid_grant"
+    assert by_kind[("authorization_request", "failure")].client_id == RP  # a refused PAR
     assert ROWS[2]["kvnr"] not in repr(recorded)

@@ -195,8 +195,8 @@ class OidcService:
             )
             raise
         request_uri = par.new_request_uri(self._rng)
+        # (an accepted PAR is not recorded: the consent and the token that follow it are)
         await self._store.put(f"par:{request_uri}", _dump(request), par.REQUEST_URI_TTL)
-        self._event(AuditKind.AUTHORIZATION_REQUEST, client_id=params.client_id)
         return par.ParResponse(request_uri=request_uri)
 
     # -- authorization (spec §2 steps 3-5) --------------------------------------------------
