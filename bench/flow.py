@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import secrets
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -125,6 +126,7 @@ def bench_app() -> Any:
         redis_prefix=os.environ["HEALTHID_BENCH_REDIS_PREFIX"],
         enclave_workers=1,
         trusted_proxies=["127.0.0.1"],
+        enclave_socket=os.environ.get("HEALTHID_BENCH_ENCLAVE_SOCKET") or None,
     )
     return build_app(settings, resolver=Resolver(), prepared=True)
 
@@ -229,7 +231,7 @@ async def run_level(
     wallets: list[Any],
     concurrency: int,
     seconds: float,
-    server_pid: int,
+    server_pids: list[int],
 ) -> dict[str, Any]:
     from healthid.protocol import device_auth
     from healthid.protocol.jose import decrypt_id_token, verify_compact
@@ -343,16 +345,18 @@ async def run_level(
             while time.perf_counter() < deadline:
                 await flow(slot)
 
-        cpu_before = server_cpu_seconds(server_pid)
+        parts_before = [server_cpu_seconds(p) for p in server_pids]
         client_before = time.process_time()
         start = time.perf_counter()
         deadline = start + seconds
         await asyncio.gather(*(worker(i, deadline) for i in range(concurrency)))
         elapsed = time.perf_counter() - start
-        cpu = server_cpu_seconds(server_pid) - cpu_before
+        parts = [server_cpu_seconds(p) - b for p, b in zip(server_pids, parts_before, strict=True)]
+        cpu = sum(parts)
         client_cpu = time.process_time() - client_before
     return {
         "client_cpu_ms_per_flow": client_cpu * 1000 / max(done, 1),
+        "enclave_cpu_ms_per_flow": sum(parts[1:]) * 1000 / max(done, 1),
         "concurrency": concurrency,
         "flows": done,
         "elapsed": elapsed,
@@ -401,6 +405,7 @@ async def main(args: argparse.Namespace) -> int:
     )
     prefix = f"healthid-flow-{secrets.token_hex(4)}:"
     server = None
+    enclave: subprocess.Popen[bytes] | None = None
     ok = True
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -424,6 +429,21 @@ async def main(args: argparse.Namespace) -> int:
             await rt.ensure_keys()
             await rt.aclose()
             port = free_port()
+            if args.enclave == "process":  # the enclave as its own process, on a Unix socket
+                socket_path = directory / "enclave.sock"
+                os.environ["HEALTHID_BENCH_ENCLAVE_SOCKET"] = str(socket_path)
+                enclave = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
+                    [sys.executable, "-m", "healthid.enclave_cli", "--socket", str(socket_path)],
+                    env={
+                        **{k: v for k, v in os.environ.items() if not k.startswith("HEALTHID_")},
+                        "HEALTHID_DATA_DIR": str(directory / "idp"),
+                        "HEALTHID_ENCLAVE_WORKERS": "1",
+                    },
+                )
+                for _ in range(300):
+                    if socket_path.exists():
+                        break
+                    await asyncio.sleep(0.05)
             ctx = multiprocessing.get_context("spawn")
             server = ctx.Process(
                 target=serve, args=(tmp, db_url, prefix, port, args.workers), daemon=False
@@ -440,15 +460,22 @@ async def main(args: argparse.Namespace) -> int:
             wallets = await enrol(base, directory, args.wallets)
             print(
                 f"complete flows through the IdP (uvicorn, {args.workers} worker(s), "
-                "PostgreSQL + Redis, in-process enclave)"
+                f"PostgreSQL + Redis, {args.enclave} enclave)"
             )
             for level in args.concurrency:
-                r = await run_level(base, directory, wallets, level, args.seconds, server.pid or 0)
+                pids = [server.pid or 0] + ([enclave.pid] if enclave is not None else [])
+                r = await run_level(base, directory, wallets, level, args.seconds, pids)
                 rate = r["flows"] / r["elapsed"]
                 print(
                     f"\nconcurrency {level}: {r['flows']} flows, {rate:7.1f} flows/s, "
                     f"server CPU {r['cpu_ms_per_flow']:.2f} ms/flow "
                     f"(this load generator: {r['client_cpu_ms_per_flow']:.2f} ms/flow)"
+                    + (
+                        "\n  of which the enclave process: "
+                        f"{r['enclave_cpu_ms_per_flow']:.2f} ms/flow"
+                        if args.enclave == "process"
+                        else ""
+                    )
                 )
                 for endpoint, values in r["timings"].items():
                     p50, p99 = pct(values, 0.5), pct(values, 0.99)
@@ -478,6 +505,9 @@ async def main(args: argparse.Namespace) -> int:
                         and worst < TARGET_P99_MS
                     )
     finally:
+        if enclave is not None:
+            enclave.terminate()
+            enclave.wait(timeout=30)
         if server is not None:
             import signal
 
@@ -506,6 +536,13 @@ if __name__ == "__main__":
     parser.add_argument("--wallets", type=int, default=64)
     parser.add_argument(
         "--workers", type=int, default=2, help="server worker processes (healthid serve --workers)"
+    )
+    parser.add_argument(
+        "--enclave",
+        choices=["in-process", "process"],
+        default="in-process",
+        help="process: the enclave runs as `healthid enclave serve` behind its RPC; its CPU "
+        "counts as the server's",
     )
     import uvloop
 
