@@ -345,7 +345,10 @@ class Enclave:
     async def mint_id_token(self, request: api.IdTokenRequest) -> str:
         if self._token_signer is None:
             raise api.EnclaveError("no token signing key is configured")
-        holder = self.open_policyholder(request.sealed)
+        try:
+            holder = self.open_policyholder(request.sealed)
+        except VaultError:  # a shredded, moved or altered record: nothing to put in a token
+            raise api.EnclaveError("the policyholder's sealed data could not be opened") from None
         return id_token.mint(
             holder=holder,
             pseudonym=request.sealed.pseudonym,

@@ -19,7 +19,12 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, fields
 from typing import Any, Protocol, TypeVar
 
-from healthid.enclave.api import EnclaveClient, IdTokenRequest
+from healthid.enclave.api import (
+    EnclaveClient,
+    EnclaveError,
+    EnclaveUnavailable,
+    IdTokenRequest,
+)
 from healthid.host.federation_api import TOKEN_PURPOSE, FederationPublisher
 from healthid.host.relying_parties import RelyingPartyError
 from healthid.host.wallet_service import WalletError, WalletService
@@ -325,7 +330,9 @@ class OidcService:
                     rp_encryption_jwk=dict(rp.keys.encryption_jwk),
                 )
             )
-        except ValueError:
+        except EnclaveUnavailable:
+            raise  # 503 temporarily_unavailable
+        except (ValueError, EnclaveError):
             raise ServerError("the ID token could not be built") from None
         answer = {
             "id_token": id_token,
