@@ -6,6 +6,14 @@ from the key store it opens itself (the HSM in production). The host processes s
 ``HEALTHID_ENCLAVE_SOCKET`` to the same path and reach it through the enclave RPC
 (``healthid.enclave.rpc``); any number of host workers may share one enclave process.
 Stops on SIGTERM or SIGINT.
+
+``--join SOCKET``: a new instance (another machine, another data centre, a new build) starts
+without a root key and receives it from the running enclave at ``SOCKET`` through the attested
+key release (``healthid.enclave.key_release``): it presents its attestation, checks the
+releaser's, seals the released root key locally and only then serves. If the key is not
+released (a measurement or signer the releaser's policy does not name, a debug enclave, a
+stale challenge ...) it does not start. Joining is for an instance without a root key; one
+that already holds a sealed root key refuses ``--join``.
 """
 
 from __future__ import annotations
@@ -17,11 +25,24 @@ import sys
 from pathlib import Path
 
 import click
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from healthid.enclave.key_release import KeyReleaseError, join_root_key
+from healthid.enclave.rpc.client import RemoteEnclave
 from healthid.enclave.rpc.server import EnclaveServer, EnclaveServerError
+from healthid.enclave.sealed_keys import seal_key, write_new
 from healthid.enclave.sealing import SealingError
 from healthid.keys.base import KeyStoreError
-from healthid.runtime import StartupError, build_enclave, build_key_store
+from healthid.runtime import (
+    IDENTITY_KEY_FILE,
+    StartupError,
+    build_enclave,
+    build_key_store,
+    enclave_dir,
+    enclave_evidence,
+    key_release_policy,
+    root_key_sealer,
+)
 from healthid.settings import CONFIG_ENV, Settings, SettingsError, load_settings
 
 
@@ -30,8 +51,44 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-async def run_enclave(settings: Settings, socket_path: Path) -> None:
-    """Open the key store, build the enclave, serve until SIGTERM/SIGINT."""
+async def join(settings: Settings, releaser_socket: Path) -> None:
+    """Receive the root key from the enclave at ``releaser_socket`` and seal it here, with
+    the identity key this enclave attested while joining (sealed under the root key)."""
+    sealer = root_key_sealer(settings)
+    identity_path = enclave_dir(settings) / IDENTITY_KEY_FILE
+    if sealer.exists() or identity_path.exists():
+        raise StartupError(
+            "--join: this enclave already holds a sealed root key (or keys sealed under one); "
+            "start it without --join"
+        )
+    evidence = enclave_evidence(settings)
+    identity = ec.generate_private_key(ec.SECP256R1())
+    releaser = RemoteEnclave(releaser_socket)
+    try:
+        joined = await join_root_key(
+            releaser,
+            identity=identity.public_key(),
+            evidence=evidence,
+            policy=key_release_policy(settings),
+        )
+    finally:
+        await releaser.aclose()
+    sealer.seal(joined.root)
+    identity_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_new(identity_path, seal_key(joined.root, "identity", identity), 0o600)
+    click.echo(
+        f"healthid enclave: joined: root key {joined.root.key_id} released by the enclave at "
+        f"{releaser_socket} (MRENCLAVE {joined.releaser_measurement})",
+        err=True,
+    )
+
+
+async def run_enclave(
+    settings: Settings, socket_path: Path, join_socket: Path | None = None
+) -> None:
+    """Join (if asked), open the key store, build the enclave, serve until SIGTERM/SIGINT."""
+    if join_socket is not None:
+        await join(settings, join_socket)
     key_store = build_key_store(settings)
     enclave = build_enclave(settings, key_store.sign)
     stop = asyncio.Event()
@@ -71,7 +128,14 @@ async def run_enclave(settings: Settings, socket_path: Path) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help=f"TOML settings file (instead of {CONFIG_ENV}).",
 )
-def serve(socket_path: Path | None, config_path: Path | None) -> None:
+@click.option(
+    "--join",
+    "join_socket",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Before serving, receive the root key from the running enclave at this socket "
+    "(attested key release); refuse to start if it is not released.",
+)
+def serve(socket_path: Path | None, config_path: Path | None, join_socket: Path | None) -> None:
     """Run the enclave as its own process, serving the host on a Unix socket (mode 0600)."""
     if config_path is not None:
         os.environ[CONFIG_ENV] = str(config_path)
@@ -85,7 +149,9 @@ def serve(socket_path: Path | None, config_path: Path | None) -> None:
         _fail("no socket: give --socket or set HEALTHID_ENCLAVE_SOCKET")
         return
     try:
-        asyncio.run(run_enclave(settings, socket_path))
+        asyncio.run(run_enclave(settings, socket_path, join_socket))
+    except KeyReleaseError as exc:
+        _fail(f"the root key was not released: {exc}")
     except (StartupError, EnclaveServerError, SealingError, KeyStoreError) as exc:
         _fail(str(exc))
 

@@ -24,11 +24,21 @@ from starlette.routing import BaseRoute
 
 from healthid.eid.client import EidClient, EidClientConfig
 from healthid.eid.transport import TransportConfig
-from healthid.enclave.attestation import SimulatedEvidence
+from healthid.enclave.attestation import (
+    EvidenceProvider,
+    GramineAttestationError,
+    GramineEvidence,
+)
 from healthid.enclave.audit_signer import AuditSigner
+from healthid.enclave.key_release import (
+    KeyReleaseService,
+    MeasuredSimulatedEvidence,
+    ReleasingEnclave,
+    simulated_body,
+)
 from healthid.enclave.rpc.client import RemoteEnclave
 from healthid.enclave.sealed_keys import load_or_create_key
-from healthid.enclave.sealing import SimulatedFileSealer
+from healthid.enclave.sealing import GramineSealer, RootKeySealer, SimulatedFileSealer
 from healthid.enclave.service import Enclave
 from healthid.enclave.vault import Vault
 from healthid.host.app import HostDeps, create_app
@@ -44,6 +54,7 @@ from healthid.keys.rotation import KeyRing
 from healthid.protocol.federation import ResolvedRelyingParty
 from healthid.protocol.federation.provider import ProviderConfiguration
 from healthid.protocol.oauth.errors import InvalidClientError
+from healthid.protocol.tee import TeePolicy, TeePolicyError
 from healthid.settings import KeyBackend, Settings, TeeKind
 from healthid.store.ephemeral import EphemeralStore, open_ephemeral_store
 from healthid.store.sql.audit import AuditLog
@@ -53,6 +64,9 @@ from healthid.store.sql.keyring import SqlKeyRingRepository
 from healthid.store.sql.policyholders import PolicyholderRepository
 
 ROOT_KEY_FILE = "root-key.simulated-tee.INSECURE.json"
+# tee=sgx: the root key on Gramine's _sgx_mrenclave encrypted mount (healthid.enclave.sealing)
+SGX_SEALED_ROOT_DIR = "sealed-root"
+SGX_ROOT_KEY_FILE = "root-key.sgx-sealed.json"
 CLOCK_SKEW = 300  # seconds verifiers may be off; added to what a key signed may live
 # Signing key purposes and the longest lifetime of anything each signs (seconds):
 # entity statements and signed JWKS live 2 h (gematik-sectoral-idp.md §3), ID tokens 300 s.
@@ -85,31 +99,68 @@ def build_key_store(settings: Settings) -> SigningKeyStore:
     )
 
 
+def enclave_evidence(settings: Settings) -> EvidenceProvider:
+    """The enclave's evidence: simulated (with its SIMULATED report body) in development, an
+    SGX DCAP quote from Gramine with tee=sgx (refused outside Gramine-SGX)."""
+    if settings.tee is TeeKind.SIMULATED:
+        try:
+            return MeasuredSimulatedEvidence(body=simulated_body(settings.simulated_measurement))
+        except ValueError as exc:
+            raise StartupError(f"HEALTHID_SIMULATED_MEASUREMENT: {exc}") from exc
+    provider = GramineEvidence()
+    try:
+        provider.check_available()
+    except GramineAttestationError as exc:
+        raise StartupError(
+            f"tee=sgx: {exc}. The enclave runs as its own process under Gramine-SGX; a host "
+            "reaches it through HEALTHID_ENCLAVE_SOCKET"
+        ) from exc
+    return provider
+
+
+def root_key_sealer(settings: Settings) -> RootKeySealer:
+    """Where the root key is sealed: a file marked insecure (simulated), or Gramine's
+    ``_sgx_mrenclave`` encrypted mount (sgx; see healthid.enclave.sealing)."""
+    if settings.tee is TeeKind.SIMULATED:
+        return SimulatedFileSealer(enclave_dir(settings) / ROOT_KEY_FILE)
+    return GramineSealer(settings.data_dir / SGX_SEALED_ROOT_DIR / SGX_ROOT_KEY_FILE)
+
+
+def key_release_policy(settings: Settings) -> TeePolicy | None:
+    """The configured key-release policy (None: the same enclave as this one)."""
+    if settings.key_release_policy is None:
+        return None
+    try:
+        return TeePolicy.from_json(settings.key_release_policy.read_text(encoding="utf-8"))
+    except (OSError, TeePolicyError) as exc:
+        raise StartupError(f"HEALTHID_KEY_RELEASE_POLICY: {exc}") from exc
+
+
 def build_enclave(
     settings: Settings, token_signer: Callable[[str, bytes], bytes] | None = None
-) -> Enclave:
-    """The in-process enclave (simulated TEE). Production (SGX) needs the enclave process."""
-    if settings.tee is not TeeKind.SIMULATED:
-        raise StartupError(
-            "tee=sgx: the in-process enclave is simulated only; the host needs "
-            "HEALTHID_ENCLAVE_SOCKET (the attested enclave process)"
-        )
-    root = SimulatedFileSealer(enclave_dir(settings) / ROOT_KEY_FILE).load_or_create()
+) -> ReleasingEnclave:
+    """The enclave service: in-process for the host in development (simulated TEE), or in the
+    enclave process (``healthid enclave serve``; tee=sgx only under Gramine-SGX)."""
+    evidence = enclave_evidence(settings)  # first: tee=sgx outside Gramine creates nothing
+    policy = key_release_policy(settings)
+    root = root_key_sealer(settings).load_or_create()
     workers = settings.enclave_workers or os.cpu_count() or 1
-    return Enclave(
+    identity = load_or_create_key(root, "identity", enclave_dir(settings) / IDENTITY_KEY_FILE)
+    return ReleasingEnclave(
         Vault(root),
+        key_release=KeyReleaseService(
+            root=root, identity=identity.public_key(), evidence=evidence, policy=policy
+        ),
         root=root,
         workers=workers,
-        tee="simulated",
+        tee=settings.tee.value,
         allow_test_kvnr=settings.development,
         egk_cas=load_egk_cas(settings),
         eid_client_factory=eid_client_factory(settings),
         token_signer=token_signer,
-        identity_key=load_or_create_key(
-            root, "identity", enclave_dir(settings) / IDENTITY_KEY_FILE
-        ),
+        identity_key=identity,
         audit=AuditSigner.load_or_create(root, enclave_dir(settings)),
-        evidence=SimulatedEvidence(),
+        evidence=evidence,
     )
 
 

@@ -88,6 +88,16 @@ class Settings(BaseSettings):
     # The enclave process's Unix socket (`healthid enclave serve`); unset: the enclave runs
     # in-process (development only: tee=sgx needs the enclave process).
     enclave_socket: Path | None = None
+    # Attested key release (healthid.enclave.key_release): a TeePolicy JSON file naming the
+    # enclaves that may receive this deployment's root key (and that a joining enclave accepts
+    # it from). Unset: "the same enclave as I am", derived from the enclave's own evidence
+    # (its MRENCLAVE, MRSIGNER, ISVPRODID, ISVSVN at least its own, debug off).
+    key_release_policy: Path | None = None
+    # Development only (tee=simulated): members of the SIMULATED report body the enclave
+    # states in its evidence (mrenclave, mrsigner: 64 hex; isv_prod_id, isv_svn; debug), over
+    # the defaults (mrenclave = hash of the healthid sources). Proves nothing; lets development
+    # exercise the key-release policy. JSON in the environment, a table in TOML.
+    simulated_measurement: dict[str, str | int | bool] | None = None
     key_backend: KeyBackend = KeyBackend.FILE
     pkcs11_module: Path | None = None
     pkcs11_token_label: str | None = None
@@ -227,6 +237,10 @@ class Settings(BaseSettings):
             problems.append("HEALTHID_EID_SERVER_URL is missing: no identity proofing with the eID")
         if self.allow_invalid_test_kvnr:
             problems.append("HEALTHID_ALLOW_INVALID_TEST_KVNR is for test registries only")
+        if self.simulated_measurement is not None:
+            problems.append("HEALTHID_SIMULATED_MEASUREMENT is for tee=simulated only")
+        if self.key_release_policy is not None and not self.key_release_policy.is_file():
+            problems.append(f"HEALTHID_KEY_RELEASE_POLICY: {self.key_release_policy} not found")
         if not self.public_url.startswith("https://"):
             problems.append("HEALTHID_PUBLIC_URL must be an https:// URL in production")
         return problems

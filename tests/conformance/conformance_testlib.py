@@ -136,7 +136,7 @@ def enrolled_wallet(
     card = TestEgkCa.create(settings.data_dir / EGK_TEST_CA_DIR).issue_card(
         row["kvnr"], row["ik"], row["given_name"], row["family_name"]
     )
-    wallet = WalletClient(IDP, tmp_path / f"w-{row['kvnr']}", http=client)
+    wallet = WalletClient(IDP, tmp_path / f"w-{row['kvnr']}", http=client, development=True)
     wallet.enroll_with_egk(card)
     return wallet
 

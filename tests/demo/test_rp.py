@@ -136,7 +136,9 @@ class Federation:
         card = TestEgkCa.create(self.settings.data_dir / EGK_TEST_CA_DIR).issue_card(
             row["kvnr"], row["ik"], row["given_name"], row["family_name"]
         )
-        wallet = WalletClient(self.idp_url, self.tmp / f"w-{row['kvnr']}", http=self.idp)
+        wallet = WalletClient(
+            self.idp_url, self.tmp / f"w-{row['kvnr']}", http=self.idp, development=True
+        )
         wallet.enroll_with_egk(card)
         return wallet
 

@@ -228,7 +228,9 @@ def test_token_request_through_nginx_returns_an_id_token(stack: Stack, tmp_path:
     )
     verifier, challenge = pkce()
     with https(stack.pki) as app_http, https(stack.pki, stack.rp.tls) as rp_http:
-        wallet = WalletClient(stack.front.public_url, tmp_path / "wallet", http=app_http)
+        wallet = WalletClient(
+            stack.front.public_url, tmp_path / "wallet", http=app_http, development=True
+        )
         wallet.enroll_with_egk(card)
         pushed = rp_http.post(f"{stack.front.mtls_url}/PAR_Auth", data=par_form(challenge))
         assert pushed.status_code == 201, pushed.text

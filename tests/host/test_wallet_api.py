@@ -92,7 +92,7 @@ def test_expired_egk_certificate_is_refused(
     past = datetime.now(UTC) - timedelta(days=800)
     old = card(settings, ROWS[0], not_before=past, not_after=past + timedelta(days=365))
     with pytest.raises(WalletClientError) as info:
-        WalletClient(IDP, tmp_path / "w", http=client).enroll_with_egk(old)
+        WalletClient(IDP, tmp_path / "w", http=client, development=True).enroll_with_egk(old)
     assert info.value.status == 403 and "expired" in info.value.description
 
 
@@ -209,12 +209,16 @@ def test_device_limit_per_person(client: TestClient, settings: Settings, tmp_pat
 
     c = card(settings, ROWS[6])
     for i in range(MAX_DEVICES_PER_PERSON):
-        WalletClient(IDP, tmp_path / f"d{i}", http=client).enroll_with_egk(c)
+        WalletClient(IDP, tmp_path / f"d{i}", http=client, development=True).enroll_with_egk(c)
     with pytest.raises(WalletClientError) as info:
-        WalletClient(IDP, tmp_path / "one-too-many", http=client).enroll_with_egk(c)
+        WalletClient(IDP, tmp_path / "one-too-many", http=client, development=True).enroll_with_egk(
+            c
+        )
     assert info.value.status == 409
     # recovery still works: it replaces all devices
-    WalletClient(IDP, tmp_path / "recovered", http=client).enroll_with_egk(c, replace_devices=True)
+    WalletClient(IDP, tmp_path / "recovered", http=client, development=True).enroll_with_egk(
+        c, replace_devices=True
+    )
 
 
 async def test_attacker_cannot_lock_the_owner_out(settings: Settings, client: TestClient) -> None:

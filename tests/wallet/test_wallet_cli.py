@@ -81,12 +81,20 @@ def test_wallet_cli_enrols_with_a_test_egk_logs_in_and_lists_devices(
         str(card),
     )
     assert code == 0, err
-    wallet = ["wallet", "--dir", str(tmp_path / "wallet"), "--idp", server]
+    wallet = ["wallet", "--dir", str(tmp_path / "wallet"), "--idp", server, "--dev"]
     code, out, err = run(*wallet, "enroll", "--egk", str(card))
     assert code == 0, err
     assert "enrolled: device" in out and "software key" in out
     code, out, _ = run(*wallet, "login")
     assert code == 0 and "acr gematik-ehealth-loa-substantial" in out
+    code, out, err = run(*wallet, "me")  # through the VAU channel into the enclave
+    assert code == 0, err
+    assert f"{person['given_name']} {person['family_name']}" in out and person["kvnr"] in out
+    code, out, err = run(*wallet, "history")
+    assert code == 0 and "enrolled" in out and "login" in out, err
+    without_dev = [w for w in wallet if w != "--dev"]
+    code, _, err = run(*without_dev, "me")  # the simulated enclave only in development mode
+    assert code == 2 and "TeePolicy" in err
     code, out, _ = run(*wallet, "devices")
     assert code == 0 and "(this wallet)" in out
     device_id = out.split()[0]
@@ -112,7 +120,15 @@ def test_wallet_cli_refuses_a_card_of_someone_not_insured(server: str, tmp_path:
         str(card),
     )
     code, _, err = run(
-        "wallet", "--dir", str(tmp_path / "w"), "--idp", server, "enroll", "--egk", str(card)
+        "wallet",
+        "--dir",
+        str(tmp_path / "w"),
+        "--idp",
+        server,
+        "--dev",
+        "enroll",
+        "--egk",
+        str(card),
     )
     assert code == 1 and "the identity could not be confirmed" in err
 
@@ -151,7 +167,7 @@ def test_make_run_stack_enrols_with_the_eid_stand_in(demo_server: str, tmp_path:
     from healthid.demo.stack import STANDIN_MOUNT, demo_people
 
     kvnr = demo_people(1)[0]["kvnr"]
-    wallet = ["wallet", "--dir", str(tmp_path / "w"), "--idp", demo_server]
+    wallet = ["wallet", "--dir", str(tmp_path / "w"), "--idp", demo_server, "--dev"]
     code, out, err = run(
         *wallet, "enroll", "--eid-test-identity", kvnr, "--eid-standin", demo_server + STANDIN_MOUNT
     )
@@ -182,7 +198,7 @@ def test_make_run_stack_logs_in_at_the_demo_relying_party(demo_server: str, tmp_
     from healthid.demo.stack import STANDIN_MOUNT, demo_people
 
     person = demo_people(2)[1]
-    wallet = ["wallet", "--dir", str(tmp_path / "w"), "--idp", demo_server]
+    wallet = ["wallet", "--dir", str(tmp_path / "w"), "--idp", demo_server, "--dev"]
     code, _, err = run(
         *wallet,
         "enroll",

@@ -53,14 +53,14 @@ def test_enrol_login_revoke_and_recover(
 ) -> None:
     person = registry[4]
     card = card_for(settings, person)
-    phone = WalletClient(IDP, tmp_path / "phone", http=client)
+    phone = WalletClient(IDP, tmp_path / "phone", http=client, development=True)
     bound = phone.enroll_with_egk(card)
     assert bound["key_class"] == "software"
     login = phone.login()
     assert login.acr == "gematik-ehealth-loa-substantial"  # software keys cap the LoA
     assert login.amr == ["urn:telematik:auth:other"]
 
-    tablet = WalletClient(IDP, tmp_path / "tablet", http=client)
+    tablet = WalletClient(IDP, tmp_path / "tablet", http=client, development=True)
     tablet.enroll_with_egk(card)
     devices = phone.devices()
     assert len(devices) == 2 and sum(d["current"] for d in devices) == 1
@@ -72,7 +72,7 @@ def test_enrol_login_revoke_and_recover(
     assert info.value.status == 401
 
     # the phone is lost: re-proof with the eGK on a new phone, every old device is revoked
-    new_phone = WalletClient(IDP, tmp_path / "new-phone", http=client)
+    new_phone = WalletClient(IDP, tmp_path / "new-phone", http=client, development=True)
     recovered = new_phone.enroll_with_egk(card, replace_devices=True)
     assert recovered["revoked_devices"] == 1
     with pytest.raises(WalletClientError):
@@ -86,9 +86,9 @@ def test_open_sessions_of_a_revoked_device_are_refused(
     client: TestClient, settings: Settings, registry: list[dict[str, str]], tmp_path: Path
 ) -> None:
     card = card_for(settings, registry[5])
-    phone = WalletClient(IDP, tmp_path / "phone", http=client)
+    phone = WalletClient(IDP, tmp_path / "phone", http=client, development=True)
     phone.enroll_with_egk(card)
-    tablet = WalletClient(IDP, tmp_path / "tablet", http=client)
+    tablet = WalletClient(IDP, tmp_path / "tablet", http=client, development=True)
     tablet.enroll_with_egk(card)
     tablet_session = tablet.login().session
     phone_session = phone.login().session
@@ -104,7 +104,9 @@ def test_open_sessions_of_a_revoked_device_are_refused(
     assert devices(phone_session) == 200  # other devices' sessions are untouched
 
     # recovery revokes every old device: the phone's open session ends too
-    WalletClient(IDP, tmp_path / "new", http=client).enroll_with_egk(card, replace_devices=True)
+    WalletClient(IDP, tmp_path / "new", http=client, development=True).enroll_with_egk(
+        card, replace_devices=True
+    )
     assert devices(phone_session) == 401
     # a forged session token for a live device is refused, not an error
     assert devices(f"{phone.state()['device_id']}.{'A' * 43}") == 401
@@ -116,7 +118,7 @@ def test_two_people_enrol_and_authenticate_independently(
 ) -> None:
     wallets = []
     for i, person in enumerate(registry[:2]):
-        w = WalletClient(IDP, tmp_path / f"w{i}", http=client)
+        w = WalletClient(IDP, tmp_path / f"w{i}", http=client, development=True)
         w.enroll_with_egk(card_for(settings, person))
         wallets.append(w)
     ids = [{d["device_id"] for d in w.devices()} for w in wallets]
@@ -127,7 +129,7 @@ def test_unknown_kvnr_and_uninsured_look_the_same(
     client: TestClient, settings: Settings, registry: list[dict[str, str]], tmp_path: Path
 ) -> None:
     stranger = {**registry[0], "kvnr": "A123456780"}  # valid card, not in the registry
-    w = WalletClient(IDP, tmp_path / "w", http=client)
+    w = WalletClient(IDP, tmp_path / "w", http=client, development=True)
     with pytest.raises(WalletClientError) as info:
         w.enroll_with_egk(card_for(settings, stranger))
     assert info.value.status == 403
@@ -137,7 +139,7 @@ def test_unknown_kvnr_and_uninsured_look_the_same(
 def test_replayed_login_signature_is_refused(
     client: TestClient, settings: Settings, registry: list[dict[str, str]], tmp_path: Path
 ) -> None:
-    w = WalletClient(IDP, tmp_path / "w", http=client)
+    w = WalletClient(IDP, tmp_path / "w", http=client, development=True)
     w.enroll_with_egk(card_for(settings, registry[7]))
     state = w.state()
     device_id = state["device_id"]
@@ -171,7 +173,7 @@ def test_replayed_login_signature_is_refused(
 def test_each_login_adds_exactly_one_history_event(
     client: TestClient, settings: Settings, registry: list[dict[str, str]], tmp_path: Path
 ) -> None:
-    w = WalletClient(IDP, tmp_path / "w", http=client)
+    w = WalletClient(IDP, tmp_path / "w", http=client, development=True)
     w.enroll_with_egk(card_for(settings, registry[9]))
     session = w.login().session
     before = client.get(
@@ -192,15 +194,17 @@ def test_every_security_event_lands_in_the_verifiable_audit_trail(
     with pseudonyms only, and the chain verifies against the enclave's audit key."""
     card = card_for(settings, registry[9])
     with TestClient(build_app(settings), base_url=IDP) as client:
-        phone = WalletClient(IDP, tmp_path / "phone", http=client)
+        phone = WalletClient(IDP, tmp_path / "phone", http=client, development=True)
         phone.enroll_with_egk(card)
         phone.login()
-        tablet = WalletClient(IDP, tmp_path / "tablet", http=client)
+        tablet = WalletClient(IDP, tmp_path / "tablet", http=client, development=True)
         tablet.enroll_with_egk(card)
         phone.revoke(tablet.state()["device_id"])
         with pytest.raises(WalletClientError):
             tablet.login()
-        WalletClient(IDP, tmp_path / "new", http=client).enroll_with_egk(card, replace_devices=True)
+        WalletClient(IDP, tmp_path / "new", http=client, development=True).enroll_with_egk(
+            card, replace_devices=True
+        )
 
     async def read() -> tuple[list[AuditEntry], bool]:
         rt = await open_runtime(settings, migrate=False)

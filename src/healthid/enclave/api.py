@@ -8,7 +8,9 @@ Protocol. Host code imports this module and nothing else from ``healthid.enclave
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol
 
 from healthid.protocol.audit import AuditEntry, SignedCheckpoint
@@ -246,6 +248,25 @@ class EnclaveClient(Protocol):
         extend the enclave's last signed head."""
         ...
 
+    # -- the VAU channel into the enclave (issue #6; see VauContext below) ------------------
+    async def vau_public_keys(self) -> bytes:
+        """The enclave's current ``SignedPublicVauKeys`` (CBOR), signed with its attested
+        identity key: what M2 carries, published for wallets and auditors."""
+        ...
+
+    async def vau_handshake(self, m1: bytes) -> VauReply:
+        """M1 → M2: a new channel; the reply carries its ``cid`` (or a refusal)."""
+        ...
+
+    async def vau_finish(self, cid: str, m3: bytes) -> VauReply:
+        """M3 → M4 for channel ``cid`` (its handshake is consumed, whatever the outcome)."""
+        ...
+
+    async def vau_request(self, cid: str, message: bytes, context: VauContext) -> VauReply:
+        """One encrypted request on channel ``cid`` with the host's ``context``; the reply is
+        the encrypted response (or a refusal of the message)."""
+        ...
+
 
 class EnclaveUnavailable(EnclaveError):  # noqa: N818 - the name says the state
     """The enclave process cannot be reached or did not answer in time: the host answers 503.
@@ -281,3 +302,83 @@ class AuditWitness(Protocol):
     async def sign_audit_checkpoint(self, request: AuditCheckpointRequest) -> SignedCheckpoint:
         """Sign the head after ``request.entries``; EnclaveError if they do not extend it."""
         ...
+
+
+# -- the VAU channel into the enclave (issue #6 items 2-4) ----------------------------------
+# The wallet's end-to-end channel (gematik VAU/ASL, healthid.protocol.vau) ends inside the
+# enclave: channel state (keys, counters) stays in enclave memory, the host relays ciphertext
+# by channel id. An encrypted request names an operation (``op``); the host, which cannot read
+# the request, adds what the operation needs as a VauContext built from the outer request's
+# non-personal headers (the op, the device session, routing arguments such as an enrolment id)
+# and its stores (sealed records). The enclave checks that the request inside says the same.
+VAU_OP_STATUS = "status"  # the channel itself (gematik "GET /VAU-Status"): no context
+VAU_OP_EGK_PROVE = "egk_prove"  # identity proofing with the eGK: the card's certificate
+VAU_OP_ME = "me"  # the person's own display data
+VAU_OP_CONSENT_CLAIMS = "consent_claims"  # the consent screen: requested claims and values
+VAU_OP_HISTORY = "history"  # the person's own history, decrypted
+VAU_OPS = frozenset(
+    {VAU_OP_STATUS, VAU_OP_EGK_PROVE, VAU_OP_ME, VAU_OP_CONSENT_CLAIMS, VAU_OP_HISTORY}
+)
+VAU_SESSION_OPS = frozenset({VAU_OP_ME, VAU_OP_CONSENT_CLAIMS, VAU_OP_HISTORY})
+# the routing arguments an op's outer request carries (and its inner request repeats)
+VAU_OP_ARGS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        VAU_OP_STATUS: (),
+        VAU_OP_EGK_PROVE: ("enrolment_id",),
+        VAU_OP_ME: (),
+        VAU_OP_CONSENT_CLAIMS: ("client_id", "request_uri"),
+        VAU_OP_HISTORY: (),
+    }
+)
+VAU_OK = "ok"  # VauReply.outcome of an answered request
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestedClaims:
+    """The claim names a pending authorization asks for (the PAR's; no values)."""
+
+    essential: tuple[str, ...]
+    optional: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class VauContext:
+    """What the host adds to one encrypted request: nothing personal, all of it checked.
+
+    ``op``, ``session`` and ``args`` are copied from the outer request's headers; the enclave
+    refuses the request unless the encrypted inner request names the same op, carries the
+    same device session token and the same routing arguments. ``pseudonym`` is whom the host
+    resolved ``session`` to; the sealed records must be that person's (``sealed``: master data
+    and data key; ``history``: their sealed events). ``claims``: for ``consent_claims``, the
+    pending authorization's requested claims. ``challenge``: for ``egk_prove``, the enrolment's
+    challenge the card signed.
+    """
+
+    op: str
+    session: str = field(default="", repr=False)
+    args: tuple[tuple[str, str], ...] = ()
+    pseudonym: str | None = None
+    sealed: SealedPolicyholder | None = None
+    history: tuple[SealedHistoryEvent, ...] = ()
+    claims: RequestedClaims | None = None
+    challenge: bytes | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class VauReply:
+    """The enclave's answer to one VAU message, for the host to send back as it is.
+
+    ``status`` is the HTTP status: 200 with ``body`` = M2, M4 or the encrypted response, or
+    the refusal's status with ``body`` = the CBOR error body (``{"MessageType": "Error",
+    "ErrorCode", "ErrorMessage"}``). ``cid``: the new channel (handshake only). ``outcome``:
+    :data:`VAU_OK`, or the public reason of the refusal — of the message, or of the operation
+    inside an answered request (e.g. ``proof_rejected``, for the host's rate limits); never
+    personal. ``lookup``: ``egk_prove`` only, the blind indexes to fetch the candidates for
+    (as :meth:`EnclaveClient.egk_prove` returns them); the host then calls ``match_identity``.
+    """
+
+    status: int
+    body: bytes = field(repr=False)
+    cid: str | None = None
+    outcome: str = VAU_OK
+    lookup: IdentityLookup | None = None

@@ -43,10 +43,12 @@ from healthid.enclave.registry.model import (
     name_birth_lookup_value,
 )
 from healthid.enclave.sealing import SIMULATED_WARNING
+from healthid.enclave.vau_endpoint import EnclaveAccess, VauEndpoint, wall_clock
 from healthid.enclave.vault import RootKey, Vault, VaultError, WrappedKey
 from healthid.protocol.audit import SignedCheckpoint
 from healthid.protocol.egk import EgkError, verify_egk_authentication
 from healthid.protocol.tee import TeeAttestationError
+from healthid.protocol.vau import Environment
 
 KVNR_INDEX = "kvnr"
 NAME_BIRTH_INDEX = "name_birth"
@@ -104,6 +106,7 @@ class Enclave:
         identity_key: ec.EllipticCurvePrivateKey | None = None,
         audit: AuditSigner | None = None,
         evidence: EvidenceProvider | None = None,
+        vau_clock: Callable[[], int] = wall_clock,
     ) -> None:
         self._vault = vault
         self._root = root
@@ -125,6 +128,7 @@ class Enclave:
         self._identity = identity_key
         self._audit = audit
         self._evidence = evidence
+        self._vau = None if identity_key is None else self._vau_endpoint(identity_key, vau_clock)
 
     # -- status ---------------------------------------------------------------------------
     async def status(self) -> api.EnclaveStatus:
@@ -392,6 +396,76 @@ class Enclave:
 
     async def sign_audit_checkpoint(self, request: api.AuditCheckpointRequest) -> SignedCheckpoint:
         return await self._audit_signer().sign_audit_checkpoint(request)
+
+    # -- the VAU channel (issue #6): its server end lives here --------------------------
+    def _vau_endpoint(
+        self, identity: ec.EllipticCurvePrivateKey, clock: Callable[[], int]
+    ) -> VauEndpoint:
+        """The channel's keys are made now, inside, and signed with the identity key. The PU
+        flag: test environments for the simulated TEE, production for an attested one."""
+
+        async def egk_prove(
+            certificate: bytes, signature: bytes, challenge: bytes, chain: tuple[bytes, ...]
+        ) -> api.IdentityLookup:
+            return await self.egk_prove(
+                certificate=certificate,
+                signature=signature,
+                challenge=challenge,
+                intermediates=chain,
+            )
+
+        return VauEndpoint(
+            identity,
+            access=EnclaveAccess(
+                open_policyholder=self.open_policyholder,
+                open_history=self.open_history_events,
+                egk_prove=egk_prove,
+                today=self._today,
+            ),
+            environment=(
+                Environment.TEST if self._tee == api.TEE_SIMULATED else Environment.PRODUCTION
+            ),
+            clock=clock,
+        )
+
+    def _channel(self) -> VauEndpoint:
+        if self._vau is None:
+            raise api.EnclaveError("the VAU channel is not configured in this enclave")
+        return self._vau
+
+    async def vau_public_keys(self) -> bytes:
+        return self._channel().public_keys()
+
+    async def vau_handshake(self, m1: bytes) -> api.VauReply:
+        return self._channel().handshake(m1)
+
+    async def vau_finish(self, cid: str, m3: bytes) -> api.VauReply:
+        return self._channel().finish(cid, m3)
+
+    async def vau_request(self, cid: str, message: bytes, context: api.VauContext) -> api.VauReply:
+        return await self._channel().request(cid, message, context)
+
+    def open_history_events(
+        self, sealed: api.SealedPolicyholder, entries: Sequence[api.SealedHistoryEvent]
+    ) -> list[api.HistoryEvent]:
+        """Decrypt a person's history events (one unwrap); any foreign event raises."""
+        if sealed.wrapped_key is None:
+            raise VaultError(f"policyholder {sealed.pseudonym} was crypto-shredded")
+        vault = self._vault
+        data_key = vault.unwrap(
+            sealed.pseudonym, WrappedKey(root_key_id=sealed.root_key_id, blob=sealed.wrapped_key)
+        )
+        events = []
+        for entry in entries:
+            raw = vault.open(
+                data_key,
+                pseudonym=sealed.pseudonym,
+                record_type=f"history:{entry.event_id}",
+                version=1,
+                blob=entry.ciphertext,
+            )
+            events.append(api.HistoryEvent.from_dict(cbor2.loads(raw)))
+        return events
 
     # -- reading (inside the enclave only) ------------------------------------------------
     def open_policyholder(self, sealed: api.SealedPolicyholder) -> Policyholder:

@@ -30,6 +30,7 @@ from healthid.host.federation_api import (
 )
 from healthid.host.oidc_api import oidc_routes
 from healthid.host.oidc_service import OidcService
+from healthid.host.vau_api import vau_routes
 from healthid.host.wallet_api import wallet_routes
 from healthid.host.wallet_service import WalletService
 from healthid.store.ephemeral import EphemeralStore
@@ -68,6 +69,37 @@ async def _enclave_unavailable(_request: Request, _exc: Exception) -> Response:
         status_code=503,
         headers={**SECURITY_HEADERS, "Retry-After": "5"},
     )
+
+
+PLAIN_EGK_SUFFIX = "/egk"
+DEVELOPMENT = "development"
+
+
+def _plain_egk_in_development_only(routes: list[Route], mode: Callable[[], str]) -> list[Route]:
+    """The eGK certificate names the person (KVNR, names): the wallet sends it through the
+    VAU channel (``VAU-Op: egk_prove``, issue #6 item 4). The plain route stays for
+    development tools only; in production it answers 404 and never sees the certificate."""
+
+    def gate(route: Route) -> Route:
+        plain = route.endpoint
+
+        async def development_only(request: Request) -> Response:
+            if mode() != DEVELOPMENT:
+                return JSONResponse(
+                    {
+                        "error": "not_found",
+                        "error_description": "send the eGK proof through the VAU channel "
+                        "(POST /VAU/<cid>, VAU-Op: egk_prove)",
+                    },
+                    status_code=404,
+                    headers=SECURITY_HEADERS,
+                )
+            response: Response = await plain(request)
+            return response
+
+        return Route(route.path, development_only, methods=route.methods)
+
+    return [gate(r) if r.path.endswith(PLAIN_EGK_SUFFIX) else r for r in routes]
 
 
 def create_app(
@@ -150,7 +182,16 @@ version {html.escape(__version__)}, {html.escape(deps.mode)} mode.</p>{banner}
         # Starlette tries routes in order: the endpoints of every login come first.
         routes=[
             *oidc_routes(lambda: state["deps"].oidc, lambda: state["deps"].trusted_proxies),
-            *wallet_routes(lambda: state["deps"].wallet, lambda: state["deps"].trusted_proxies),
+            *_plain_egk_in_development_only(
+                wallet_routes(lambda: state["deps"].wallet, lambda: state["deps"].trusted_proxies),
+                lambda: state["deps"].mode,
+            ),
+            *vau_routes(
+                lambda: state["deps"].enclave,
+                lambda: state["deps"].wallet,
+                lambda: state["deps"].oidc,
+                lambda: state["deps"].trusted_proxies,
+            ),
             Route("/", index),
             Route("/healthz", healthz),
             Route("/readyz", readyz),

@@ -20,7 +20,9 @@ from typing import Any
 from healthid.enclave.api import (
     EnclaveClient,
     HistoryEvent,
+    IdentityLookup,
     IdentityMatch,
+    SealedHistoryEvent,
     SealedPolicyholder,
 )
 from healthid.host.attestation import (
@@ -190,24 +192,41 @@ class WalletService:
         intermediates: tuple[bytes, ...] = (),
         ip: str,
     ) -> str:
-        """Identity proofing with the eGK; returns the method. The card signed the challenge."""
-        state = await self._enrolment(enrolment_id)
-        await self._rate.check("proof_ip", ip, self._limits.failed_proofs_per_ip)
+        """Identity proofing with the eGK; returns the method. The card signed the challenge.
+
+        The certificate names the person: the wallet sends it through the VAU channel
+        (``egk_prove`` in host/vau_api.py, which uses :meth:`egk_challenge`,
+        :meth:`egk_rejected` and :meth:`egk_proven`); this plain form is development only.
+        """
+        challenge = await self.egk_challenge(enrolment_id, ip=ip)
         from healthid.enclave.api import ProofRejected
 
         try:
             lookup = await self._enclave.egk_prove(
                 certificate=certificate,
                 signature=signature,
-                challenge=b64url_decode(state["challenge"]),
+                challenge=challenge,
                 intermediates=intermediates,
             )
         except ProofRejected as exc:
-            await self._rate.count("proof_ip", ip, self._limits.failed_proofs_per_ip)
-            self._event(
-                AuditKind.IDENTITY_PROOF, AuditOutcome.FAILURE, method="egk", reason="rejected"
-            )
+            await self.egk_rejected(ip=ip)
             raise Forbidden(str(exc)) from None
+        return await self.egk_proven(enrolment_id, lookup, ip=ip)
+
+    async def egk_challenge(self, enrolment_id: str, *, ip: str) -> bytes:
+        """The enrolment's challenge for the card to sign, unless the address is throttled."""
+        state = await self._enrolment(enrolment_id)
+        await self._rate.check("proof_ip", ip, self._limits.failed_proofs_per_ip)
+        return b64url_decode(state["challenge"])
+
+    async def egk_rejected(self, *, ip: str) -> None:
+        """The enclave refused the card's authentication: count it against the address."""
+        await self._rate.count("proof_ip", ip, self._limits.failed_proofs_per_ip)
+        self._event(AuditKind.IDENTITY_PROOF, AuditOutcome.FAILURE, method="egk", reason="rejected")
+
+    async def egk_proven(self, enrolment_id: str, lookup: IdentityLookup, *, ip: str) -> str:
+        """Match the card's proof (the enclave's lookup) and record it on the enrolment."""
+        state = await self._enrolment(enrolment_id)
         match = await self._match(lookup.proof_id, lookup.lookups, ip=ip)
         await self._record_proof(enrolment_id, state, match)
         return match.method
@@ -623,6 +642,25 @@ class WalletService:
         """How many history events are stored (their content is sealed for the person)."""
         state = await self._session(session)
         return len(await self._devices.list_history(state["pseudonym"]))
+
+    # -- the VAU channel's context (host/vau_api.py) ------------------------------------------
+    async def person(self, session: str) -> tuple[str, SealedPolicyholder]:
+        """Whom a device session belongs to, and their sealed records (for the enclave)."""
+        state = await self._session(session)
+        pseudonym = str(state["pseudonym"])
+        sealed = await self._policyholders.get(pseudonym)
+        if sealed is None or sealed.wrapped_key is None:
+            raise NotFound("no records for this account")
+        return pseudonym, sealed
+
+    async def sealed_history(self, pseudonym: str) -> tuple[SealedHistoryEvent, ...]:
+        """The person's sealed history events, newest first (as many as the store lists)."""
+        return tuple(
+            SealedHistoryEvent(
+                event_id=e.event_id, created_at=e.created_at, ciphertext=e.ciphertext
+            )
+            for e in await self._devices.list_history(pseudonym)
+        )
 
     async def _history(self, pseudonym: str, event: HistoryEvent) -> None:
         sealed_person = await self._policyholders.get(pseudonym)

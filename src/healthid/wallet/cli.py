@@ -6,6 +6,7 @@ import base64
 import json
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,10 @@ import click
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from healthid.wallet.client import WalletClient, WalletClientError
+from healthid.protocol.tee import TeeAttestationError, TeePolicy, TeePolicyError
+from healthid.protocol.vau import VauError
+from healthid.wallet.client import ConsentScreen, WalletClient, WalletClientError
+from healthid.wallet.tee_verify import AttestationFetchError
 
 DEFAULT_WALLET_DIR = Path(".healthid-wallet")
 DEFAULT_IDP = "http://127.0.0.1:8080"
@@ -44,7 +48,22 @@ def _client(ctx: click.Context) -> WalletClient:
     obj: dict[str, Any] = ctx.obj
     http = httpx.Client(timeout=HTTP_TIMEOUT, follow_redirects=False)
     ctx.call_on_close(http.close)
-    return WalletClient(obj["idp"], obj["dir"], http=http)
+    return WalletClient(
+        obj["idp"],
+        obj["dir"],
+        http=http,
+        enclave_policy=obj["policy"],
+        development=obj["dev"],
+    )
+
+
+def _load_policy(path: Path | None) -> TeePolicy | None:
+    if path is None:
+        return None
+    try:
+        return TeePolicy.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, TeePolicyError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--enclave-policy") from None
 
 
 def _standin_completer(standin: str, identity: str) -> Callable[[str], None]:
@@ -63,9 +82,13 @@ def _standin_completer(standin: str, identity: str) -> Callable[[str], None]:
     return complete
 
 
-def _fail(exc: WalletClientError) -> None:
+def _fail(exc: Exception) -> None:
     click.echo(f"healthid wallet: refused: {exc}", err=True)
     sys.exit(1)
+
+
+# what the channel may refuse before any operation: the enclave's attestation, its VAU keys
+_CHANNEL_REFUSALS = (TeeAttestationError, AttestationFetchError, VauError)
 
 
 @click.group()
@@ -78,10 +101,29 @@ def _fail(exc: WalletClientError) -> None:
     help="Where the device key lives.",
 )
 @click.option("--idp", default=DEFAULT_IDP, show_default=True, help="The IdP's base URL.")
+@click.option(
+    "--enclave-policy",
+    "policy_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The enclave builds to trust (policy JSON, as for `healthid attest verify`): the "
+    "VAU channel that carries personal data is opened only to an enclave it accepts.",
+)
+@click.option(
+    "--dev",
+    is_flag=True,
+    help="Development: accept the simulated enclave (no protection) for the VAU channel.",
+)
 @click.pass_context
-def wallet(ctx: click.Context, directory: Path, idp: str) -> None:
-    """The reference wallet: enrol this "phone", log in with its device key, manage devices."""
-    ctx.obj = {"dir": directory, "idp": idp}
+def wallet(
+    ctx: click.Context, directory: Path, idp: str, policy_path: Path | None, dev: bool
+) -> None:
+    """The reference wallet: enrol this "phone", log in with its device key, manage devices.
+
+    Personal data (the eGK certificate, your data, consent screens, your history) goes
+    through the VAU channel into the attested enclave: give --enclave-policy, or --dev
+    against a development server.
+    """
+    ctx.obj = {"dir": directory, "idp": idp, "policy": _load_policy(policy_path), "dev": dev}
 
 
 @wallet.command("enroll")
@@ -129,9 +171,11 @@ def enroll(
             bound = client.enroll_with_eid(
                 _standin_completer(standin, str(eid_identity)), replace_devices=replace_devices
             )
-    except WalletClientError as exc:
+    except (WalletClientError, *_CHANNEL_REFUSALS) as exc:
         _fail(exc)
         return
+    except ValueError as exc:  # no enclave policy and not --dev
+        raise click.UsageError(str(exc)) from None
     click.echo(f"enrolled: device {bound['device_id']} ({bound['key_class']} key, {bound['acr']})")
     if bound["revoked_devices"]:
         click.echo(f"revoked {bound['revoked_devices']} earlier device(s)")
@@ -192,10 +236,49 @@ def authorize(ctx: click.Context, url: str, claims: tuple[str, ...]) -> None:
     Prints the redirect back to the relying party, with the code.
     """
     try:
-        location = _client(ctx).authorize(url, claims=list(claims) or None)
-    except WalletClientError as exc:
+        location = _client(ctx).authorize(url, claims=list(claims) or None, show=_show_consent)
+    except (WalletClientError, *_CHANNEL_REFUSALS) as exc:
         _fail(exc)
         return
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="URL") from None
     click.echo(location)
+
+
+def _show_consent(screen: ConsentScreen) -> None:
+    """The consent screen (on stderr: stdout is the redirect)."""
+    click.echo(f"{screen.client_id} asks for:", err=True)
+    for label, claims in (("essential", screen.essential), ("optional", screen.optional)):
+        for claim in claims:
+            click.echo(f"  [{label}] {claim.claim}: {claim.value}", err=True)
+
+
+@wallet.command("me")
+@click.pass_context
+def me(ctx: click.Context) -> None:
+    """Show your own data, as the enclave reads it from the registry (through the channel)."""
+    try:
+        data = _client(ctx).me()
+    except (WalletClientError, *_CHANNEL_REFUSALS) as exc:
+        _fail(exc)
+        return
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"{data.given_name} {data.family_name}, born {data.birth_date}, KVNR {data.kvnr}")
+
+
+@wallet.command("history")
+@click.pass_context
+def history(ctx: click.Context) -> None:
+    """Show your history (enrolments, devices, logins), decrypted for you in the enclave."""
+    try:
+        events = _client(ctx).history()
+    except (WalletClientError, *_CHANNEL_REFUSALS) as exc:
+        _fail(exc)
+        return
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    for event in events:
+        when = datetime.fromtimestamp(event.at, UTC).isoformat(timespec="seconds")
+        extra = " ".join(x for x in (event.device_id, event.detail) if x)
+        click.echo(f"{when}  {event.kind:<15} {extra}".rstrip())

@@ -4,6 +4,14 @@ Its device key is a P-256 key in a wallet directory (``device-key.pem``, mode 06
 software stand-in for a key in the phone's secure element, attested with the reference
 client's software attestation (development only). ``state.json`` keeps the device id and the
 signature counter, which goes up with every login.
+
+Everything that carries personal data goes through the VAU channel into the enclave
+(:mod:`healthid.wallet.vau_channel`, issue #6): the eGK certificate at enrolment, the
+person's own data (:meth:`WalletClient.me`), the consent screen with the claim values
+(:meth:`WalletClient.consent_claims`) and the history (:meth:`WalletClient.history`). The
+channel is opened only to an enclave whose attestation verifies under ``enclave_policy``;
+the simulated enclave is accepted with ``development=True`` alone. The plain wallet API
+carries the rest (challenges, device binding, login, devices, consent by claim name).
 """
 
 from __future__ import annotations
@@ -15,21 +23,24 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
+import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from healthid.keys import es256
 from healthid.protocol import device_auth
 from healthid.protocol.attestation import make_software_attestation
+from healthid.protocol.tee import TeePolicy
+from healthid.wallet.vau_channel import ChannelError, VauChannel
 
 KEY_FILE = "device-key.pem"
 STATE_FILE = "state.json"
 SOFTWARE_FORMAT = "healthid-software"
 DEFAULT_APP_ID = "de.healthid.wallet.dev"
 EID_POLLS = 10  # getResult attempts after the eID client finished
-APP_VERSION = "1.0.0"  # what the app reports when it fetches the claims to consent to
+APP_VERSION = "1.0.0"  # what an app reports at the plain claims call (/auth?app_version)
 
 
 class WalletClientError(Exception):
@@ -46,16 +57,6 @@ class HttpResponse(Protocol):
     status_code: int
 
     def json(self) -> Any: ...
-
-
-class HttpClient(Protocol):
-    """The subset of httpx.Client (or Starlette's TestClient) the wallet uses."""
-
-    def post(self, url: str, *, json: Any = None, headers: Any = None) -> Any: ...
-
-    def get(self, url: str, *, headers: Any = None) -> Any: ...
-
-    def delete(self, url: str, *, headers: Any = None) -> Any: ...
 
 
 class Card(Protocol):
@@ -82,19 +83,65 @@ class Login:
     device_id: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class Me:
+    """The person's own display data, from their sealed master data (through the channel)."""
+
+    given_name: str
+    family_name: str
+    kvnr: str
+    birth_date: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SharedClaim:
+    claim: str
+    value: str | None  # None: the registry holds no value for this claim
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsentScreen:
+    """What a relying party asks for, with this person's values (through the channel)."""
+
+    client_id: str
+    essential: tuple[SharedClaim, ...]
+    optional: tuple[SharedClaim, ...]
+
+    @property
+    def claims(self) -> tuple[SharedClaim, ...]:
+        return self.essential + self.optional
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryItem:
+    kind: str
+    at: int
+    device_id: str | None = None
+    detail: str | None = None
+
+
 class WalletClient:
     def __init__(
         self,
         idp_url: str,
         directory: Path,
         *,
-        http: HttpClient,
+        http: httpx.Client,
         app_id: str = DEFAULT_APP_ID,
+        enclave_policy: TeePolicy | None = None,
+        development: bool = False,
     ) -> None:
-        self._base = idp_url.rstrip("/") + "/wallet/v1"
+        """``enclave_policy``: the enclave builds this app trusts (the VAU channel is opened
+        only to an enclave whose attestation verifies under it). ``development``: accept the
+        simulated enclave (no protection; development servers only)."""
+        self._idp = idp_url.rstrip("/")
+        self._base = self._idp + "/wallet/v1"
         self._dir = directory
         self._http = http
         self._app_id = app_id
+        self._policy = enclave_policy
+        self._development = development
+        self._channel: VauChannel | None = None
 
     # -- local state ------------------------------------------------------------------------
     def _key(self) -> ec.EllipticCurvePrivateKey:
@@ -152,17 +199,52 @@ class WalletClient:
     def _post(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
         return self._check(self._http.post(self._base + path, json=body, headers=headers))
 
+    # -- the VAU channel ----------------------------------------------------------------------
+    def channel(self) -> VauChannel:
+        """The open channel, or a new one (attestation verified first)."""
+        if self._channel is None:
+            self._channel = VauChannel.open(
+                self._http, self._idp, policy=self._policy, development=self._development
+            )
+        return self._channel
+
+    def _vau(
+        self,
+        op: str,
+        *,
+        session: str = "",
+        args: dict[str, str] | None = None,
+        inner: dict[str, Any] | None = None,
+    ) -> Any:
+        """One operation through the channel; a channel the enclave no longer knows (expired,
+        another instance) is replaced once."""
+        for attempt in (1, 2):
+            try:
+                return self.channel().call(op, session=session, args=args, inner=inner)
+            except ChannelError as exc:
+                if exc.channel_gone and attempt == 1:
+                    self._channel = None
+                    continue
+                raise WalletClientError(
+                    exc.status, {"error": exc.error, "error_description": exc.description}
+                ) from None
+        raise AssertionError("unreachable")
+
     # -- enrolment --------------------------------------------------------------------------
     def start_enrolment(self) -> tuple[str, bytes]:
         started = self._post("/enrolments", {})
         return started["enrolment_id"], b64d(started["challenge"])
 
     def enroll_with_egk(self, card: Card, *, replace_devices: bool = False) -> dict[str, Any]:
-        """Prove identity with the eGK (the card signs our challenge), then bind this device."""
+        """Prove identity with the eGK (the card signs our challenge), then bind this device.
+
+        The card's certificate names the person: it goes through the VAU channel.
+        """
         enrolment_id, challenge = self.start_enrolment()
-        self._post(
-            f"/enrolments/{enrolment_id}/egk",
-            {"certificate": b64e(card.certificate_der), "signature": b64e(card.sign(challenge))},
+        self._vau(
+            "egk_prove",
+            args={"enrolment_id": enrolment_id},
+            inner={"certificate": card.certificate_der, "signature": card.sign(challenge)},
         )
         return self.bind_device(enrolment_id, challenge, replace_devices=replace_devices)
 
@@ -231,24 +313,71 @@ class WalletClient:
             session=result["session"], acr=result["acr"], amr=result["amr"], device_id=device_id
         )
 
-    def authorize(self, url: str, *, claims: Collection[str] | None = None) -> str:
-        """Play the insurer app for an authorization URL of the IdP (``/auth?client_id&
-        request_uri``): fetch the claims to consent to, log in with the device key, consent
-        (to ``claims``, or to every requested claim), and return the redirect to the RP."""
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
-        client_id = (query.get("client_id") or [""])[0]
-        request_uri = (query.get("request_uri") or [""])[0]
-        if not client_id or not request_uri:
-            raise ValueError("not an authorization URL: client_id and request_uri are missing")
-        base = f"{parts.scheme}://{parts.netloc}"
-        params = {"client_id": client_id, "request_uri": request_uri, "app_version": APP_VERSION}
-        asked = self._check(self._http.get(f"{base}{parts.path}?{urlencode(params)}"))
-        requested = list(asked.get("requested_essential_claims", [])) + list(
-            asked.get("requested_optional_claims", [])
+    # -- personal data, through the channel --------------------------------------------------
+    def me(self, session: str | None = None) -> Me:
+        """The person's own data (logs in with the device key unless given a session)."""
+        result = self._vau("me", session=session or self.login().session)
+        return Me(
+            given_name=str(result["given_name"]),
+            family_name=str(result["family_name"]),
+            kvnr=str(result["kvnr"]),
+            birth_date=str(result["birth_date"]),
         )
-        chosen = requested if claims is None else list(claims)
+
+    def history(self, session: str | None = None) -> list[HistoryItem]:
+        """The person's history (newest first), decrypted in the enclave for them only."""
+        result = self._vau("history", session=session or self.login().session)
+        return [
+            HistoryItem(
+                kind=str(e["kind"]),
+                at=int(e["at"]),
+                device_id=e.get("device_id"),
+                detail=e.get("detail"),
+            )
+            for e in result["events"]
+        ]
+
+    def consent_claims(self, url: str, session: str | None = None) -> ConsentScreen:
+        """The consent screen of an authorization URL: each requested claim with its value
+        for this person."""
+        client_id, request_uri, _ = _authorization(url)
+        result = self._vau(
+            "consent_claims",
+            session=session or self.login().session,
+            args={"client_id": client_id, "request_uri": request_uri},
+        )
+
+        def shared(items: Any) -> tuple[SharedClaim, ...]:
+            return tuple(
+                SharedClaim(
+                    claim=str(i["claim"]), value=None if i["value"] is None else str(i["value"])
+                )
+                for i in items
+            )
+
+        return ConsentScreen(
+            client_id=str(result["client_id"]),
+            essential=shared(result["essential"]),
+            optional=shared(result["optional"]),
+        )
+
+    def authorize(
+        self,
+        url: str,
+        *,
+        claims: Collection[str] | None = None,
+        show: Callable[[ConsentScreen], None] | None = None,
+    ) -> str:
+        """Play the insurer app for an authorization URL of the IdP (``/auth?client_id&
+        request_uri``): log in with the device key, fetch the consent screen (claims and
+        their values, through the channel; ``show`` gets it), consent (to ``claims``, or to
+        every requested claim), and return the redirect to the RP."""
+        client_id, request_uri, base = _authorization(url)
         session = self.login().session
+        screen = self.consent_claims(url, session)
+        if show is not None:
+            show(screen)
+        chosen = [c.claim for c in screen.claims] if claims is None else list(claims)
         answer = self._check(
             self._http.post(
                 f"{base}/wallet/v1/authorizations",
@@ -275,3 +404,14 @@ class WalletClient:
             self._base + f"/devices/{device_id}", headers={"Authorization": f"Bearer {session}"}
         )
         self._check(response)
+
+
+def _authorization(url: str) -> tuple[str, str, str]:
+    """client_id, request_uri and the IdP's base URL of an authorization URL."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    client_id = (query.get("client_id") or [""])[0]
+    request_uri = (query.get("request_uri") or [""])[0]
+    if not client_id or not request_uri:
+        raise ValueError("not an authorization URL: client_id and request_uri are missing")
+    return client_id, request_uri, f"{parts.scheme}://{parts.netloc}"

@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -72,11 +72,14 @@ def connectable(path: Path) -> bool:
 
 @dataclass
 class EnclaveProcess:
-    """``python -m healthid.enclave_cli --socket PATH`` with the test's data directory."""
+    """``python -m healthid.enclave_cli --socket PATH`` with the test's data directory
+    (``args``: more options, e.g. ``--join``; ``env``: more HEALTHID_* settings)."""
 
     data_dir: Path
     socket_path: Path
     process: subprocess.Popen[bytes] | None = None
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
         self.close()  # a restart: the previous process is gone, release its pipe
@@ -85,9 +88,16 @@ class EnclaveProcess:
             "HEALTHID_MODE": "development",
             "HEALTHID_DATA_DIR": str(self.data_dir),
             "HEALTHID_ENCLAVE_WORKERS": "1",
-        }
+        } | self.env
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "healthid.enclave_cli", "--socket", str(self.socket_path)],
+            [
+                sys.executable,
+                "-m",
+                "healthid.enclave_cli",
+                "--socket",
+                str(self.socket_path),
+                *self.args,
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from healthid.enclave import api
+from healthid.enclave.key_release import KeyReleaseSource, ReleasedRootKey
 from healthid.enclave.rpc import cbor, schema
 from healthid.enclave.rpc.errors import CodecError
-from healthid.enclave.rpc.methods import METHODS, UPLOAD_METHOD
+from healthid.enclave.rpc.methods import KEY_RELEASE_METHODS, METHODS, UPLOAD_METHOD
 from healthid.protocol.audit import (
     AuditEntry,
     AuditEvent,
@@ -59,6 +60,7 @@ EVENT = AuditEvent(
     details={"reason": "bad signature"},
 )
 ENTRY = AuditEntry(seq=8, event=EVENT, prev_hash=b"\x06" * 32, entry_hash=b"\x07" * 32)
+CLAIMS = api.RequestedClaims(essential=("openid",), optional=("birthdate", "x"))
 EXAMPLES: dict[type[Any], list[object]] = {
     Checkpoint: [CHECKPOINT],
     SignedCheckpoint: [SignedCheckpoint(checkpoint=CHECKPOINT, jws="a.b.c")],
@@ -117,11 +119,45 @@ EXAMPLES: dict[type[Any], list[object]] = {
     ],
     TokenGrant: [GRANT],
     Assurance: [ASSURANCE, dataclasses.replace(ASSURANCE, extra_claims_v2=MappingProxyType({}))],
+    ReleasedRootKey: [ReleasedRootKey(root_key_id="rk", attestation=b"{}", wrapped=b"\x01" * 61)],
+    # the VAU channel (issue #6)
+    api.RequestedClaims: [CLAIMS, api.RequestedClaims(essential=(), optional=())],
+    api.VauContext: [
+        api.VauContext(op="status"),
+        api.VauContext(op="egk_prove", args=(("enrolment_id", "e1"),), challenge=b"\x08" * 32),
+        api.VauContext(
+            op="consent_claims",
+            session="d" * 32 + "." + "s" * 43,
+            args=(("client_id", "https://rp.example"), ("request_uri", "urn:x")),
+            pseudonym="p1",
+            sealed=HOLDER,
+            history=(api.SealedHistoryEvent(event_id="e", created_at=5, ciphertext=b"c"),),
+            claims=CLAIMS,
+        ),
+    ],
+    api.VauReply: [
+        api.VauReply(status=200, body=b"m2", cid="ab" * 32),
+        api.VauReply(status=404, body=b"\xa1", outcome="unknown_cid"),
+        api.VauReply(
+            status=200,
+            body=b"\x02\x00\x02",
+            lookup=api.IdentityLookup(proof_id="pr", method="egk", lookups=(("kvnr", b"k"),)),
+        ),
+    ],
 }
 
 
+def public_methods(protocol: type[Any]) -> set[str]:
+    return {
+        name
+        for name, _ in inspect.getmembers(protocol, inspect.isfunction)
+        if not name.startswith("_")
+    }
+
+
 def crossing_dataclasses() -> set[type[Any]]:
-    """Every dataclass reachable from the EnclaveClient's method signatures."""
+    """Every dataclass reachable from the method signatures of the EnclaveClient and of the
+    enclave-to-enclave key-release group."""
     found: set[type[Any]] = set()
 
     def visit(hint: object) -> None:
@@ -134,10 +170,11 @@ def crossing_dataclasses() -> set[type[Any]]:
         for arg in typing.get_args(hint):
             visit(arg)
 
-    for name, method in inspect.getmembers(api.EnclaveClient, inspect.isfunction):
-        if not name.startswith("_"):
-            for hint in typing.get_type_hints(method).values():
-                visit(hint)
+    for protocol in (api.EnclaveClient, KeyReleaseSource):
+        for name, method in inspect.getmembers(protocol, inspect.isfunction):
+            if not name.startswith("_"):
+                for hint in typing.get_type_hints(method).values():
+                    visit(hint)
     return found
 
 
@@ -147,13 +184,12 @@ def test_every_dataclass_that_crosses_has_an_explicit_codec_and_an_example() -> 
     assert crossing == set(schema.DATACLASS_CODECS) == set(EXAMPLES)
 
 
-def test_the_allow_list_is_the_enclave_client_and_the_upload() -> None:
-    client_methods = {
-        name
-        for name, _ in inspect.getmembers(api.EnclaveClient, inspect.isfunction)
-        if not name.startswith("_")
-    }
-    assert set(METHODS) == client_methods | {UPLOAD_METHOD}
+def test_the_allow_list_is_the_enclave_client_the_upload_and_the_key_release_group() -> None:
+    client_methods = public_methods(api.EnclaveClient)
+    # the key-release group is enclave to enclave: not part of what the host calls
+    assert KEY_RELEASE_METHODS == public_methods(KeyReleaseSource)
+    assert not KEY_RELEASE_METHODS & client_methods
+    assert set(METHODS) == client_methods | {UPLOAD_METHOD} | KEY_RELEASE_METHODS
 
 
 @pytest.mark.parametrize(

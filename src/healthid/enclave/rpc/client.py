@@ -8,6 +8,10 @@ or the enclave does not answer in time, the call raises
 :class:`~healthid.enclave.api.EnclaveUnavailable` (the host answers 503); the next call
 connects again, so the client recovers by itself when the enclave comes back. Errors raised
 inside the enclave arrive as the same exception classes with the same messages.
+
+Besides the ``EnclaveClient`` methods, :class:`RemoteEnclave` speaks the enclave-to-enclave
+key-release group (:class:`~healthid.enclave.key_release.KeyReleaseSource`): a joining enclave
+uses it to receive the root key from a running one (``healthid enclave serve --join``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Final
 
 from healthid.enclave import api
+from healthid.enclave.key_release import ReleasedRootKey
 from healthid.enclave.rpc import cbor, schema
 from healthid.enclave.rpc.codec import (
     HEADER_SIZE,
@@ -31,7 +36,13 @@ from healthid.enclave.rpc.codec import (
     read_frame,
 )
 from healthid.enclave.rpc.errors import CodecError, FrameTooLarge, error_from
-from healthid.enclave.rpc.methods import METHODS, UPLOAD_METHOD, UPLOAD_PART
+from healthid.enclave.rpc.methods import (
+    KEY_RELEASE_CHALLENGE,
+    METHODS,
+    RELEASE_ROOT_KEY,
+    UPLOAD_METHOD,
+    UPLOAD_PART,
+)
 from healthid.protocol.audit import SignedCheckpoint
 
 CONNECT_TIMEOUT: Final = 5.0  # seconds to reach the enclave's socket
@@ -322,6 +333,44 @@ class RemoteEnclave:
         args: dict[str, object] = {"request": schema.encode_audit_request(request)}
         result = await self._call("sign_audit_checkpoint", args)
         return schema.decode_signed_checkpoint(result, "sign_audit_checkpoint")
+
+    # -- key release: enclave to enclave (KeyReleaseSource), not part of EnclaveClient --------
+    async def key_release_challenge(self) -> bytes:
+        reply = schema.Fields(
+            await self._call(KEY_RELEASE_CHALLENGE, {}), KEY_RELEASE_CHALLENGE, ("challenge",)
+        )
+        return reply.blob("challenge")
+
+    async def release_root_key(
+        self, *, challenge: bytes, nonce: bytes, attestation: bytes
+    ) -> ReleasedRootKey:
+        args: dict[str, object] = {
+            "challenge": challenge,
+            "nonce": nonce,
+            "attestation": attestation,
+        }
+        result = await self._call(RELEASE_ROOT_KEY, args)
+        return schema.decode_released_root_key(result, RELEASE_ROOT_KEY)
+
+    # -- the VAU channel into the enclave (EnclaveClient, issue #6) -------------------------
+    async def vau_public_keys(self) -> bytes:
+        return schema.blob(await self._call("vau_public_keys", {}), "vau_public_keys")
+
+    async def vau_handshake(self, m1: bytes) -> api.VauReply:
+        result = await self._call("vau_handshake", {"m1": m1})
+        return schema.decode_vau_reply(result, "vau_handshake")
+
+    async def vau_finish(self, cid: str, m3: bytes) -> api.VauReply:
+        result = await self._call("vau_finish", {"cid": cid, "m3": m3})
+        return schema.decode_vau_reply(result, "vau_finish")
+
+    async def vau_request(self, cid: str, message: bytes, context: api.VauContext) -> api.VauReply:
+        args: dict[str, object] = {
+            "cid": cid,
+            "message": message,
+            "context": schema.encode_vau_context(context),
+        }
+        return schema.decode_vau_reply(await self._call("vau_request", args), "vau_request")
 
 
 def _batches(

@@ -4,6 +4,11 @@ The methods are those of :class:`healthid.enclave.api.EnclaveClient` plus one tr
 method, ``upload_import_part``, which carries a registry file larger than one frame to the
 enclave in parts (``prepare_import`` then names the upload instead of carrying the data).
 Uploads belong to their connection and vanish with it.
+
+A separate group, :data:`KEY_RELEASE_METHODS`, is enclave to enclave, not host to enclave: a
+joining enclave instance asks a running one for its root key through the attested key release
+(:class:`healthid.enclave.key_release.KeyReleaseSource`). They are not part of the
+``EnclaveClient`` the host uses; an enclave that does not release keys refuses them.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from healthid.enclave import api
+from healthid.enclave.key_release import KeyReleaseSource
 from healthid.enclave.registry.formats import MAX_IMPORT_BYTES
 from healthid.enclave.rpc import schema
 from healthid.enclave.rpc.codec import DEFAULT_MAX_REQUEST, MAX_FRAME, MIB
@@ -25,6 +31,9 @@ IMPORT_TIMEOUT: Final = 600.0  # reading a registry file of up to 1 GiB, or seal
 UPLOAD_PART: Final = 8 * MIB  # bytes of a registry file per upload_import_part request
 MAX_UPLOADS: Final = 2  # unfinished uploads per connection
 UPLOAD_METHOD: Final = "upload_import_part"
+KEY_RELEASE_CHALLENGE: Final = "key_release_challenge"
+RELEASE_ROOT_KEY: Final = "release_root_key"
+KEY_RELEASE_METHODS: Final = frozenset({KEY_RELEASE_CHALLENGE, RELEASE_ROOT_KEY})
 
 
 class Session:
@@ -161,6 +170,41 @@ async def _sign_audit_checkpoint(s: Session, a: Fields) -> object:
     return schema.encode_signed_checkpoint(await s.enclave.sign_audit_checkpoint(request))
 
 
+def _releaser(s: Session) -> KeyReleaseSource:
+    if not isinstance(s.enclave, KeyReleaseSource):
+        raise RpcError("this enclave does not release its root key")
+    return s.enclave
+
+
+async def _key_release_challenge(s: Session, a: Fields) -> object:
+    return {"challenge": await _releaser(s).key_release_challenge()}
+
+
+async def _release_root_key(s: Session, a: Fields) -> object:
+    released = await _releaser(s).release_root_key(
+        challenge=a.blob("challenge"), nonce=a.blob("nonce"), attestation=a.blob("attestation")
+    )
+    return schema.encode_released_root_key(released)
+
+
+async def _vau_public_keys(s: Session, a: Fields) -> object:
+    return await s.enclave.vau_public_keys()
+
+
+async def _vau_handshake(s: Session, a: Fields) -> object:
+    return schema.encode_vau_reply(await s.enclave.vau_handshake(a.blob("m1")))
+
+
+async def _vau_finish(s: Session, a: Fields) -> object:
+    return schema.encode_vau_reply(await s.enclave.vau_finish(a.text("cid"), a.blob("m3")))
+
+
+async def _vau_request(s: Session, a: Fields) -> object:
+    context = a.get("context", schema.decode_vau_context)
+    reply = await s.enclave.vau_request(a.text("cid"), a.blob("message"), context)
+    return schema.encode_vau_reply(reply)
+
+
 def _method(
     name: str,
     args: tuple[str, ...],
@@ -215,5 +259,13 @@ METHODS: Final[dict[str, Method]] = {
             _sign_audit_checkpoint,
             max_request=MAX_FRAME,  # up to MAX_AUDIT_CHECKPOINT_ENTRIES entries
         ),
+        # enclave to enclave: the attested key release (KEY_RELEASE_METHODS)
+        _method(KEY_RELEASE_CHALLENGE, (), _key_release_challenge),
+        _method(RELEASE_ROOT_KEY, ("challenge", "nonce", "attestation"), _release_root_key),
+        # the VAU channel into the enclave (issue #6)
+        _method("vau_public_keys", (), _vau_public_keys),
+        _method("vau_handshake", ("m1",), _vau_handshake),
+        _method("vau_finish", ("cid", "m3"), _vau_finish),
+        _method("vau_request", ("cid", "message", "context"), _vau_request),
     )
 }

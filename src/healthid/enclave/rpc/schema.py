@@ -1,7 +1,8 @@
 """Explicit CBOR mappings of the dataclasses that cross the enclave boundary.
 
 One encoder and one decoder per dataclass of ``healthid.enclave.api`` (and the two protocol
-dataclasses an :class:`~healthid.enclave.api.IdTokenRequest` carries). A dataclass is a map of
+dataclasses an :class:`~healthid.enclave.api.IdTokenRequest` carries), and of the one the
+enclave-to-enclave key release returns (``healthid.enclave.key_release``). A dataclass is a map of
 its field names; every field is always present (no defaults on the wire), no other key is
 accepted, and every value's type is checked. Nothing is reflected over: a class without a pair
 here cannot cross. Decoding errors name the field, never its value.
@@ -15,6 +16,7 @@ from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
 from healthid.enclave import api
+from healthid.enclave.key_release import ReleasedRootKey
 from healthid.enclave.rpc.errors import CodecError
 from healthid.protocol.audit import (
     AuditEntry,
@@ -528,6 +530,95 @@ def decode_audit_request(
     return api.AuditCheckpointRequest(entries=entries)
 
 
+# -- key release (enclave to enclave; healthid.enclave.key_release) --------------------------
+def encode_released_root_key(value: ReleasedRootKey) -> dict[str, object]:
+    return {
+        "root_key_id": value.root_key_id,
+        "attestation": value.attestation,
+        "wrapped": value.wrapped,
+    }
+
+
+def decode_released_root_key(value: object, what: str = "ReleasedRootKey") -> ReleasedRootKey:
+    f = Fields(value, what, ("root_key_id", "attestation", "wrapped"))
+    return ReleasedRootKey(
+        root_key_id=f.text("root_key_id"),
+        attestation=f.blob("attestation"),
+        wrapped=f.blob("wrapped"),
+    )
+
+
+# -- the VAU channel (issue #6) -------------------------------------------------------------
+def text_pair(value: object, what: str) -> tuple[str, str]:
+    """A (name, value) routing argument: an array [text, text]."""
+    if not isinstance(value, list) or len(value) != 2:
+        raise CodecError(f"{what}: expected [name, value]")
+    return text(value[0], f"{what}.name"), text(value[1], f"{what}.value")
+
+
+def encode_requested_claims(value: api.RequestedClaims) -> dict[str, object]:
+    return {"essential": list(value.essential), "optional": list(value.optional)}
+
+
+def decode_requested_claims(value: object, what: str = "RequestedClaims") -> api.RequestedClaims:
+    f = Fields(value, what, ("essential", "optional"))
+    return api.RequestedClaims(
+        essential=f.array("essential", text), optional=f.array("optional", text)
+    )
+
+
+def encode_vau_context(value: api.VauContext) -> dict[str, object]:
+    return {
+        "op": value.op,
+        "session": value.session,
+        "args": [[name, arg] for name, arg in value.args],
+        "pseudonym": value.pseudonym,
+        "sealed": None if value.sealed is None else encode_sealed_policyholder(value.sealed),
+        "history": [encode_sealed_history_event(e) for e in value.history],
+        "claims": None if value.claims is None else encode_requested_claims(value.claims),
+        "challenge": value.challenge,
+    }
+
+
+def decode_vau_context(value: object, what: str = "VauContext") -> api.VauContext:
+    f = Fields(
+        value,
+        what,
+        ("op", "session", "args", "pseudonym", "sealed", "history", "claims", "challenge"),
+    )
+    return api.VauContext(
+        op=f.text("op"),
+        session=f.text("session"),
+        args=f.array("args", text_pair),
+        pseudonym=f.opt_text("pseudonym"),
+        sealed=f.get("sealed", optional(decode_sealed_policyholder)),
+        history=f.array("history", decode_sealed_history_event),
+        claims=f.get("claims", optional(decode_requested_claims)),
+        challenge=f.opt_blob("challenge"),
+    )
+
+
+def encode_vau_reply(value: api.VauReply) -> dict[str, object]:
+    return {
+        "status": value.status,
+        "body": value.body,
+        "cid": value.cid,
+        "outcome": value.outcome,
+        "lookup": None if value.lookup is None else encode_identity_lookup(value.lookup),
+    }
+
+
+def decode_vau_reply(value: object, what: str = "VauReply") -> api.VauReply:
+    f = Fields(value, what, ("status", "body", "cid", "outcome", "lookup"))
+    return api.VauReply(
+        status=f.count("status"),
+        body=f.blob("body"),
+        cid=f.opt_text("cid"),
+        outcome=f.text("outcome"),
+        lookup=f.get("lookup", optional(decode_identity_lookup)),
+    )
+
+
 DATACLASS_CODECS: Final[Mapping[type[Any], tuple[Callable[[Any], object], Decoder[Any]]]] = {
     api.EnclaveStatus: (encode_status, decode_status),
     api.RowError: (encode_row_error, decode_row_error),
@@ -548,4 +639,8 @@ DATACLASS_CODECS: Final[Mapping[type[Any], tuple[Callable[[Any], object], Decode
     AuditEvent: (encode_audit_event, decode_audit_event),
     AuditEntry: (encode_audit_entry, decode_audit_entry),
     api.AuditCheckpointRequest: (encode_audit_request, decode_audit_request),
+    ReleasedRootKey: (encode_released_root_key, decode_released_root_key),
+    api.RequestedClaims: (encode_requested_claims, decode_requested_claims),
+    api.VauContext: (encode_vau_context, decode_vau_context),
+    api.VauReply: (encode_vau_reply, decode_vau_reply),
 }

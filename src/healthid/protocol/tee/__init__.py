@@ -7,7 +7,8 @@ the policy and Intel's collateral are arguments.
 - :mod:`.quote` parses SGX quote v3 (and recognises TDX quote v4),
 - :mod:`.claims` defines the claims, their canonical JSON and the report-data binding,
 - :mod:`.document` the JSON document served at ``GET /attestation?nonce=``,
-- :mod:`.simulated` the development-only evidence (no protection, rejected by default),
+- :mod:`.simulated` the development-only evidence (no protection, rejected by default) and
+  its optional simulated report body (so development can exercise the policy's rules),
 - :mod:`.dcap` Intel collateral and quote signature checks (dcap-qvl),
 - :mod:`.policy` the client's allow lists, :mod:`.verify` the verifier.
 """
@@ -67,8 +68,17 @@ from .quote import (
     parse_sgx_quote,
     parse_tdx_quote,
 )
-from .simulated import SIMULATED_WARNING, make_simulated_evidence, parse_simulated_evidence
+from .simulated import (
+    SIMULATED_WARNING,
+    ParsedSimulatedEvidence,
+    SimulatedMeasurementMissingError,
+    SimulatedReportBody,
+    make_simulated_evidence,
+    parse_simulated,
+    parse_simulated_evidence,
+)
 from .verify import (
+    EnclaveIdentity,
     VerifiedAttestation,
     VerifiedQuote,
     check_enclave_identity,
@@ -92,6 +102,7 @@ __all__ = [
     "DcapVerdict",
     "DebugEnclaveError",
     "DocumentTooLargeError",
+    "EnclaveIdentity",
     "EnclaveKey",
     "EvidenceType",
     "IssuedInFutureError",
@@ -102,6 +113,7 @@ __all__ = [
     "MrEnclaveNotAllowedError",
     "MrSignerNotAllowedError",
     "NonceMismatchError",
+    "ParsedSimulatedEvidence",
     "ProductIdMismatchError",
     "QuoteHeader",
     "QuoteVerificationError",
@@ -109,6 +121,8 @@ __all__ = [
     "SgxQuote",
     "SgxReportBody",
     "SimulatedEvidenceRejectedError",
+    "SimulatedMeasurementMissingError",
+    "SimulatedReportBody",
     "StaleDocumentError",
     "SvnTooLowError",
     "TcbStatusNotAllowedError",
@@ -131,6 +145,7 @@ __all__ = [
     "parse_claims",
     "parse_quote",
     "parse_sgx_quote",
+    "parse_simulated",
     "parse_simulated_evidence",
     "parse_tdx_quote",
     "report_data_for",

@@ -11,6 +11,17 @@ Source: ../shared/spec/vau-and-tee.md §3.2 "Verification" (Signal ``attest/src/
    evidence), then REPORTDATA = SHA-256(canonical claims) ‖ 0^32 (step 6), the client's nonce,
    and the freshness of ``iat``. Only then are the claimed keys the enclave's keys.
 
+Simulated evidence and the policy: by default (``apply_policy_to_simulated=False``) simulated
+evidence is only checked for its report-data binding, nonce and freshness, as before; the
+development wallet and ``healthid attest verify --dev`` verify the development enclave that way
+against their production policy. With ``apply_policy_to_simulated=True`` (the attested key
+release between development enclaves) the policy's enclave rules (debug off, MRENCLAVE /
+MRSIGNER allow lists, ISVPRODID, minimum ISVSVN) are applied to the evidence's *simulated
+report body* (:mod:`.simulated`), and evidence without a body is refused
+(:class:`~.simulated.SimulatedMeasurementMissingError`): every policy names a measurement, and
+evidence that names none cannot match it. TCB status and advisories have no simulated
+counterpart. The simulated body is self-reported: this exercises the rules, it enforces nothing.
+
 Every failed rule raises its own :class:`~healthid.protocol.tee.errors.TeeAttestationError`.
 """
 
@@ -20,7 +31,7 @@ import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -54,7 +65,11 @@ from healthid.protocol.tee.errors import (
 )
 from healthid.protocol.tee.policy import TeePolicy
 from healthid.protocol.tee.quote import SgxQuote, SgxReportBody, parse_sgx_quote
-from healthid.protocol.tee.simulated import parse_simulated_evidence
+from healthid.protocol.tee.simulated import (
+    SimulatedMeasurementMissingError,
+    SimulatedReportBody,
+    parse_simulated,
+)
 
 # How far an enclave's clock may run ahead of the client's.
 CLOCK_SKEW_SECONDS: Final = 60
@@ -83,6 +98,8 @@ class VerifiedAttestation:
 
     claims: AttestationClaims
     quote: VerifiedQuote | None
+    # The SIMULATED report body the policy was applied to (apply_policy_to_simulated only).
+    simulated_body: SimulatedReportBody | None = None
 
     @property
     def tee(self) -> TeeKind:
@@ -104,6 +121,25 @@ class VerifiedAttestation:
         return self.claims.identity_key
 
 
+class EnclaveIdentity(Protocol):
+    """What the policy judges of an enclave: an SGX report body, or a simulated one."""
+
+    @property
+    def mr_enclave(self) -> bytes: ...
+
+    @property
+    def mr_signer(self) -> bytes: ...
+
+    @property
+    def isv_prod_id(self) -> int: ...
+
+    @property
+    def isv_svn(self) -> int: ...
+
+    @property
+    def debug(self) -> bool: ...
+
+
 def _listed(value: bytes, allowed: Iterable[bytes]) -> bool:
     """Allow-list membership by constant-time comparison (CONVENTIONS 8)."""
     return any(hmac.compare_digest(value, candidate) for candidate in allowed)
@@ -122,7 +158,7 @@ def check_tcb(verdict: DcapVerdict, policy: TeePolicy) -> None:
         raise AdvisoryNotAllowedError(f"advisories {refused} are not accepted by the policy")
 
 
-def check_enclave_identity(body: SgxReportBody, policy: TeePolicy) -> None:
+def check_enclave_identity(body: EnclaveIdentity, policy: TeePolicy) -> None:
     """Spec §3.2 steps 4-5 and §4.5.2: debug off, measurements, product, security version."""
     if body.debug and not policy.allow_debug:
         raise DebugEnclaveError("the enclave has the DEBUG attribute: the host can read it")
@@ -172,25 +208,37 @@ def verify_attestation_document(
     collateral: Collateral | None,
     now: datetime,
     allow_simulated: bool = False,
+    apply_policy_to_simulated: bool = False,
 ) -> VerifiedAttestation:
     """Verify ``doc`` against the nonce this client sent and its policy.
 
     ``collateral`` is Intel collateral for the quote; when None, collateral stapled to the
     document is used (it is Intel-signed and checked by dcap-qvl). ``allow_simulated`` accepts
     simulated evidence and must only be set in development mode (spec §4 honesty rule).
+    ``apply_policy_to_simulated`` judges simulated evidence's report body by the policy and
+    refuses simulated evidence without one (module docstring); it changes nothing for quotes.
     """
     check_nonce(nonce)
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     document = doc if isinstance(doc, AttestationDocument) else parse_attestation_document(doc)
     quote: VerifiedQuote | None = None
+    simulated_body: SimulatedReportBody | None = None
     if document.evidence_type is EvidenceType.SIMULATED:
         if not allow_simulated:
             raise SimulatedEvidenceRejectedError(
                 "the enclave offers simulated evidence (no hardware protection); "
                 "accepted in development mode only"
             )
-        report_data = parse_simulated_evidence(document.evidence)
+        simulated = parse_simulated(document.evidence)
+        if apply_policy_to_simulated:
+            if simulated.body is None:
+                raise SimulatedMeasurementMissingError(
+                    "the simulated evidence names no measurement; the policy requires one"
+                )
+            check_enclave_identity(simulated.body, policy)
+            simulated_body = simulated.body
+        report_data = simulated.report_data
     else:
         chosen = collateral if collateral is not None else document.collateral
         if chosen is None:
@@ -203,4 +251,4 @@ def verify_attestation_document(
     if not hmac.compare_digest(document.claims.nonce, nonce):
         raise NonceMismatchError("the document answers another nonce")
     check_freshness(document.claims.iat, now=now, max_age_seconds=policy.max_age_seconds)
-    return VerifiedAttestation(claims=document.claims, quote=quote)
+    return VerifiedAttestation(claims=document.claims, quote=quote, simulated_body=simulated_body)

@@ -1,0 +1,109 @@
+"""The VAU channel through the enclave process (``python -m healthid.enclave_cli``) reached by
+RemoteEnclave: the handshake, an encrypted request with its context, and refusals, all across
+the RPC's explicit codecs. The channel state lives in that process."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cbor2
+import pytest
+from rpc_testlib import EnclaveProcess, enclave_settings, import_people, short_socket_dir
+
+from healthid.enclave.api import VauContext
+from healthid.enclave.rpc import RemoteEnclave
+from healthid.protocol.tee import TeePolicy, verify_attestation_document
+from healthid.protocol.vau import (
+    ClientConfig,
+    Environment,
+    client,
+    es256_verifier,
+    parse_signed_public_keys,
+)
+from healthid.protocol.vau import cbor as vau_cbor
+from healthid.settings import Settings
+
+POLICY = TeePolicy(mrsigners=frozenset({b"\x01" * 32}), isv_prod_id=1)
+SESSION = "c" * 32 + "." + "T" * 43
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("enclave-vau")
+
+
+@pytest.fixture(scope="module")
+def enclave_process(data_dir: Path) -> Iterator[EnclaveProcess]:
+    with short_socket_dir() as directory:
+        process = EnclaveProcess(data_dir=data_dir, socket_path=directory / "enclave.sock")
+        process.start()
+        try:
+            yield process
+        finally:
+            process.close()
+
+
+@pytest.fixture
+def settings(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for name in list(os.environ):
+        if name.startswith("HEALTHID_"):
+            monkeypatch.delenv(name)
+    return enclave_settings(data_dir)
+
+
+@pytest.fixture
+async def remote(enclave_process: EnclaveProcess) -> AsyncIterator[RemoteEnclave]:
+    enclave = RemoteEnclave(enclave_process.socket_path)
+    yield enclave
+    await enclave.aclose()
+
+
+async def attested_config(enclave: RemoteEnclave) -> ClientConfig:
+    nonce = os.urandom(32)
+    verified = verify_attestation_document(
+        await enclave.attest(nonce),
+        nonce=nonce,
+        policy=POLICY,
+        collateral=None,
+        now=datetime.now(UTC),
+        allow_simulated=True,
+    )
+    return ClientConfig(
+        environment=Environment.TEST,
+        verifier=es256_verifier(verified.identity_key),
+        clock=lambda: int(time.time()),
+        rng=secrets.token_bytes,
+    )
+
+
+async def test_the_channel_runs_through_the_enclave_process(
+    remote: RemoteEnclave, settings: Settings
+) -> None:
+    config = await attested_config(remote)
+    assert config.verifier(parse_signed_public_keys(await remote.vau_public_keys()))
+    m1, handshake = client.start(config)
+    reply = await remote.vau_handshake(m1)
+    assert reply.status == 200 and reply.cid is not None
+    m3, confirmation = client.receive_m2(config, handshake, reply.body)
+    finished = await remote.vau_finish(reply.cid, m3)
+    session = client.receive_m4(config, confirmation, finished.body)
+
+    sealed = (await import_people(remote, 1, seed=71))[0]
+    plaintext = vau_cbor.encode({"op": "me", "session": SESSION, "args": {}})
+    session, message = client.encrypt_request(config, session, plaintext)
+    context = VauContext(op="me", session=SESSION, pseudonym=sealed.pseudonym, sealed=sealed)
+    answered = await remote.vau_request(reply.cid, message, context)
+    assert answered.status == 200 and answered.outcome == "ok"
+    session, raw = client.decrypt_response(config, session, answered.body)
+    me = cbor2.loads(raw)["ok"]
+    assert len(me["kvnr"]) == 10 and me["given_name"]
+
+    replayed = await remote.vau_request(reply.cid, message, context)
+    assert replayed.status == 403 and replayed.outcome == "bad_counter"
+    unknown = await remote.vau_request("f" * 64, message, context)
+    assert unknown.status == 404 and cbor2.loads(unknown.body)["ErrorCode"] == 9
