@@ -46,11 +46,12 @@ from e2e_host_app import RP_FILE_ENV, SCOPES, public_registration
 from healthid.demo.egk_test_ca import TestCard, TestEgkCa
 from healthid.demo.synthetic import FIELDS
 from healthid.protocol import device_auth
-from healthid.protocol.attestation import make_software_attestation
 from healthid.protocol.jose import decrypt_id_token, public_jwk, verify_compact
 from healthid.protocol.jose.jws import TYP_ID_TOKEN, TYP_SIGNED_JWKS
 from healthid.runtime import EGK_TEST_CA_DIR
 from healthid.settings import Settings, load_settings
+from healthid.wallet.client import KEY_FILE as WALLET_KEY_FILE
+from healthid.wallet.client import WalletClient
 
 E2E_DIR = Path(__file__).resolve().parent
 LOOPBACK = "127.0.0.1"
@@ -550,42 +551,26 @@ class FlowDriver:
         return self._token_jwks
 
     async def enrol(self, row: dict[str, str]) -> Wallet:
-        """Enrol a phone with the person's test eGK (C.CH.AUT signature over the challenge)."""
+        """Enrol a phone with the person's test eGK, as the insurer app does: the card's
+        certificate (it names the person) goes to the enclave through the VAU channel."""
         card = self.stack.egk_card(row)
         ip = self._address()
-        start = _expect(await self.http.post("/wallet/v1/enrolments", headers=ip), 201, "enrol")
-        challenge = b64d(start["challenge"])
-        enrolment = start["enrolment_id"]
-        _expect(
-            await self.http.post(
-                f"/wallet/v1/enrolments/{enrolment}/egk",
-                headers=ip,
-                json={
-                    "certificate": b64e(card.certificate_der),
-                    "signature": b64e(card.sign(challenge)),
-                },
-            ),
-            200,
-            "eGK proof",
-        )
-        key = ec.generate_private_key(ec.SECP256R1())
-        spki = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        bound = _expect(
-            await self.http.post(
-                f"/wallet/v1/enrolments/{enrolment}/device",
-                headers=ip,
-                json={
-                    "public_key": b64e(spki),
-                    "attestation_format": "healthid-software",
-                    "attestation": b64e(make_software_attestation(key, challenge, WALLET_APP_ID)),
-                },
-            ),
-            201,
-            "device binding",
-        )
-        return Wallet(row=row, key=key, device_id=bound["device_id"])
+        base = self.stack.base_url
+
+        def enrol_with_the_reference_wallet() -> Wallet:
+            directory = Path(tempfile.mkdtemp(prefix="e2e-wallet-"))
+            with httpx.Client(headers=ip, timeout=30) as http:
+                wallet = WalletClient(base, directory, http=http, development=True)
+                wallet.enroll_with_egk(card)
+                key = serialization.load_pem_private_key(
+                    (directory / WALLET_KEY_FILE).read_bytes(), password=None
+                )
+                assert isinstance(key, ec.EllipticCurvePrivateKey)
+                device_id = str(wallet.state()["device_id"])
+            shutil.rmtree(directory, ignore_errors=True)
+            return Wallet(row=row, key=key, device_id=device_id)
+
+        return await asyncio.to_thread(enrol_with_the_reference_wallet)
 
     async def par(self, rp: RelyingParty) -> Authorization:
         verifier = secrets.token_urlsafe(48)

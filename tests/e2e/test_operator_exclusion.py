@@ -248,13 +248,6 @@ def test_host_memory_holds_no_birth_date_or_address(findings: Findings) -> None:
     assert hits == [], summarise(hits)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known leak: the host relays the eGK C.CH.AUT certificate (KVNR, given and family "
-    "name in its subject) in plaintext: POST /wallet/v1/enrolments/{id}/egk "
-    "(host/wallet_api.py egk -> WalletService.prove_with_egk -> enclave.egk_prove); "
-    "the wallet API has no VAU channel into the enclave yet",
-)
 def test_host_memory_holds_no_kvnr_or_name(findings: Findings) -> None:
     hits = [h for h in findings.hits["host memory"] if h.needle.item in CARD_ITEMS]
     assert hits == [], summarise(hits)
