@@ -159,13 +159,16 @@ def _print_demo_hints(host: str, port: int) -> None:
     click.echo("\nTry the reference wallet (in another terminal):")
     for person in demo_people(2):
         click.echo(
-            f"  .venv/bin/healthid wallet --idp {base} --dir /tmp/wallet-{person['kvnr']} "
+            f"  .venv/bin/healthid wallet --dev --idp {base} --dir /tmp/wallet-{person['kvnr']} "
             f"enroll --eid-test-identity {person['kvnr']} --eid-standin {base}{STANDIN_MOUNT}"
         )
-    click.echo("  .venv/bin/healthid wallet --idp ... --dir ... login | devices | revoke DEVICE")
+    click.echo(
+        "  .venv/bin/healthid wallet --dev --idp ... --dir ... login | me | history | devices"
+    )
+    click.echo("  (--dev: accept this development server's simulated enclave)")
     click.echo(f"Log in at the demo relying party: open {base}/_dev/rp/ , or headless:")
     click.echo(
-        f"  .venv/bin/healthid wallet --idp {base} --dir /tmp/wallet-... authorize "
+        f"  .venv/bin/healthid wallet --dev --idp {base} --dir /tmp/wallet-... authorize "
         f'"$(curl -s {base}/_dev/rp/login?format=url)"\n'
     )
 
