@@ -84,7 +84,11 @@ async def join(settings: Settings, releaser_socket: Path) -> None:
 
 
 async def run_enclave(
-    settings: Settings, socket_path: Path, join_socket: Path | None = None
+    settings: Settings,
+    socket_path: Path | None,
+    join_socket: Path | None = None,
+    *,
+    port: int | None = None,
 ) -> None:
     """Join (if asked), open the key store, build the enclave, serve until SIGTERM/SIGINT."""
     if join_socket is not None:
@@ -96,10 +100,10 @@ async def run_enclave(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with EnclaveServer(enclave, socket_path):
+        async with EnclaveServer(enclave, socket_path, port=port) as server:
             status = await enclave.status()
             click.echo(
-                f"healthid enclave: serving on {socket_path} (tee={status.tee}, "
+                f"healthid enclave: serving on {server.address} (tee={status.tee}, "
                 f"root key {status.root_key_id})",
                 err=True,
             )
@@ -123,6 +127,12 @@ async def run_enclave(
     help="Unix socket to listen on (default: HEALTHID_ENCLAVE_SOCKET).",
 )
 @click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    help="Listen on this TCP port of 127.0.0.1 instead of a Unix socket (under Gramine, "
+    "whose Unix sockets do not reach the host; default: HEALTHID_ENCLAVE_PORT).",
+)
+@click.option(
     "--config",
     "config_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -135,7 +145,12 @@ async def run_enclave(
     help="Before serving, receive the root key from the running enclave at this socket "
     "(attested key release); refuse to start if it is not released.",
 )
-def serve(socket_path: Path | None, config_path: Path | None, join_socket: Path | None) -> None:
+def serve(
+    socket_path: Path | None,
+    port: int | None,
+    config_path: Path | None,
+    join_socket: Path | None,
+) -> None:
     """Run the enclave as its own process, serving the host on a Unix socket (mode 0600)."""
     if config_path is not None:
         os.environ[CONFIG_ENV] = str(config_path)
@@ -144,12 +159,13 @@ def serve(socket_path: Path | None, config_path: Path | None, join_socket: Path 
     except SettingsError as exc:
         _fail(str(exc))
         return
-    socket_path = socket_path or settings.enclave_socket
-    if socket_path is None:
-        _fail("no socket: give --socket or set HEALTHID_ENCLAVE_SOCKET")
+    if socket_path is None and port is None:
+        socket_path, port = settings.enclave_socket, settings.enclave_port
+    if (socket_path is None) == (port is None):
+        _fail("give one of --socket or --port (or HEALTHID_ENCLAVE_SOCKET / HEALTHID_ENCLAVE_PORT)")
         return
     try:
-        asyncio.run(run_enclave(settings, socket_path, join_socket))
+        asyncio.run(run_enclave(settings, socket_path, join_socket, port=port))
     except KeyReleaseError as exc:
         _fail(f"the root key was not released: {exc}")
     except (StartupError, EnclaveServerError, SealingError, KeyStoreError) as exc:

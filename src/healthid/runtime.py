@@ -379,6 +379,8 @@ async def open_runtime(settings: Settings, *, migrate: bool | None = None) -> Ru
         enclave=(
             RemoteEnclave(settings.enclave_socket)
             if settings.enclave_socket is not None
+            else RemoteEnclave(port=settings.enclave_port)
+            if settings.enclave_port is not None
             else build_enclave(settings, key_store.sign)
         ),
         policyholders=PolicyholderRepository(engine),

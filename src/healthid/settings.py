@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     # The enclave process's Unix socket (`healthid enclave serve`); unset: the enclave runs
     # in-process (development only: tee=sgx needs the enclave process).
     enclave_socket: Path | None = None
+    # ... or its TCP port on 127.0.0.1 (under Gramine, whose Unix sockets stay inside the
+    # enclave); the two are exclusive.
+    enclave_port: int | None = Field(default=None, ge=1, le=65535)
     # Attested key release (healthid.enclave.key_release): a TeePolicy JSON file naming the
     # enclaves that may receive this deployment's root key (and that a joining enclave accepts
     # it from). Unset: "the same enclave as I am", derived from the enclave's own evidence

@@ -52,10 +52,13 @@ async def test_sigterm_stops_the_enclave_cleanly_and_removes_its_socket(
         process.close()
 
 
-def test_serve_needs_a_socket(settings: Settings) -> None:
-    result = CliRunner().invoke(serve, [], env={"HEALTHID_DATA_DIR": str(settings.data_dir)})
+def test_serve_needs_one_address(settings: Settings) -> None:
+    env = {"HEALTHID_DATA_DIR": str(settings.data_dir)}
+    result = CliRunner().invoke(serve, [], env=env)
     assert result.exit_code == 2
-    assert "give --socket or set HEALTHID_ENCLAVE_SOCKET" in result.output
+    assert "give one of --socket or --port" in result.output
+    both = CliRunner().invoke(serve, ["--socket", "e.sock", "--port", "7300"], env=env)
+    assert both.exit_code == 2 and "give one of --socket or --port" in both.output
 
 
 def test_serve_refuses_the_sgx_tee_it_cannot_provide(

@@ -129,8 +129,9 @@ class RemoteEnclave:
 
     def __init__(
         self,
-        socket_path: Path | str,
+        socket_path: Path | str | None = None,
         *,
+        port: int | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         timeout: float | None = None,
         upload_part: int = UPLOAD_PART,
@@ -138,7 +139,11 @@ class RemoteEnclave:
         """``timeout``: one limit for every call instead of each method's own."""
         if not 0 < upload_part <= MAX_FRAME - MIB:
             raise ValueError("upload_part must leave room for the request in one frame")
-        self._path = Path(socket_path)
+        if (socket_path is None) == (port is None):
+            raise ValueError("give the enclave's socket path or its loopback port")
+        self._path = None if socket_path is None else Path(socket_path)
+        self._port = port
+        self._address = str(self._path) if self._path is not None else f"127.0.0.1:{port}"
         self._connect_timeout = connect_timeout
         self._timeout = timeout
         self._upload_part = upload_part
@@ -148,7 +153,7 @@ class RemoteEnclave:
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"RemoteEnclave({str(self._path)!r})"
+        return f"RemoteEnclave({self._address!r})"
 
     # -- connection -------------------------------------------------------------------------
     async def _connection(self) -> _Connection:
@@ -171,12 +176,17 @@ class RemoteEnclave:
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Connection:
         try:
             async with asyncio.timeout(self._connect_timeout):
-                reader, writer = await asyncio.open_unix_connection(
-                    str(self._path), limit=STREAM_BUFFER
-                )
+                if self._path is not None:
+                    reader, writer = await asyncio.open_unix_connection(
+                        str(self._path), limit=STREAM_BUFFER
+                    )
+                else:
+                    reader, writer = await asyncio.open_connection(
+                        "127.0.0.1", self._port, limit=STREAM_BUFFER
+                    )
         except (OSError, TimeoutError) as exc:
             raise api.EnclaveUnavailable(
-                f"the enclave is not reachable at {self._path} ({type(exc).__name__})"
+                f"the enclave is not reachable at {self._address} ({type(exc).__name__})"
             ) from None
         conn = _Connection(reader, writer, loop)
         self._conn = conn

@@ -52,23 +52,32 @@ STREAM_BUFFER: Final = MIB  # StreamReader buffer limit per connection
 _log = logging.getLogger(__name__)
 
 
+LOOPBACK: Final = "127.0.0.1"  # the TCP listener never binds another address
+
+
 class EnclaveServerError(Exception):
     """The server cannot listen on its socket."""
 
 
 class EnclaveServer:
-    """Serves an :class:`~healthid.enclave.api.EnclaveClient` on a Unix socket."""
+    """Serves an :class:`~healthid.enclave.api.EnclaveClient` on a Unix socket (mode 0600), or
+    on a TCP port of the loopback address (``port``: under Gramine, whose Unix sockets do not
+    reach the host; anyone on the machine can connect, so run it where only healthid runs)."""
 
     def __init__(
         self,
         enclave: api.EnclaveClient,
-        socket_path: Path,
+        socket_path: Path | None = None,
         *,
+        port: int | None = None,
         methods: dict[str, Method] = METHODS,
         max_inflight: int = MAX_INFLIGHT,
     ) -> None:
+        if (socket_path is None) == (port is None):
+            raise ValueError("give a socket path or a loopback port")
         self._enclave = enclave
-        self._path = Path(socket_path)
+        self._path = None if socket_path is None else Path(socket_path)
+        self._port = port
         self._methods = methods
         self._max_inflight = max_inflight
         self._server: asyncio.Server | None = None
@@ -76,10 +85,30 @@ class EnclaveServer:
         self._connections: set[asyncio.Task[None]] = set()
 
     @property
-    def socket_path(self) -> Path:
+    def socket_path(self) -> Path | None:
         return self._path
 
+    @property
+    def port(self) -> int | None:
+        """The TCP port listened on (the one the system chose, when started with port 0)."""
+        return self._port
+
+    @property
+    def address(self) -> str:
+        return str(self._path) if self._path is not None else f"{LOOPBACK}:{self._port}"
+
     async def start(self) -> None:
+        if self._path is None:
+            try:
+                self._server = await asyncio.start_server(
+                    self._connection, host=LOOPBACK, port=self._port, limit=STREAM_BUFFER
+                )
+            except OSError as exc:
+                raise EnclaveServerError(
+                    f"cannot listen on {LOOPBACK}:{self._port}: {exc.strerror or exc}"
+                ) from exc
+            self._port = int(self._server.sockets[0].getsockname()[1])
+            return
         sock = _bind(self._path)
         st = os.stat(self._path)
         self._inode = (st.st_dev, st.st_ino)
@@ -97,7 +126,8 @@ class EnclaveServer:
         await asyncio.gather(*self._connections, return_exceptions=True)
         if server is not None:
             await server.wait_closed()
-        self._unlink()
+        if self._path is not None:
+            self._unlink()
 
     async def __aenter__(self) -> EnclaveServer:
         await self.start()
@@ -113,10 +143,13 @@ class EnclaveServer:
 
     def _unlink(self) -> None:
         """Remove the socket file if it is still ours (not one a successor bound)."""
+        path = self._path
+        if path is None:
+            return
         with contextlib.suppress(OSError):
-            st = os.lstat(self._path)
+            st = os.lstat(path)
             if (st.st_dev, st.st_ino) == self._inode:
-                self._path.unlink()
+                path.unlink()
 
     # -- one connection -------------------------------------------------------------------
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -255,5 +288,5 @@ def _remove_stale(path: Path) -> None:
 
 async def serve(enclave: api.EnclaveClient, socket_path: Path, stop: asyncio.Event) -> None:
     """Serve ``enclave`` on ``socket_path`` until ``stop`` is set."""
-    async with EnclaveServer(enclave, socket_path):
+    async with EnclaveServer(enclave, socket_path=socket_path):
         await stop.wait()
