@@ -4,10 +4,13 @@ registration, and a resolver that knows only it (the federation resolver has its
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from healthid.host.relying_parties import RelyingPartyError
 from healthid.protocol.federation import ResolvedRelyingParty
@@ -59,3 +62,35 @@ class StubResolver:
             raise RelyingPartyError("unknown relying party", reason="not_vouched")
         resolved: Callable[[], ResolvedRelyingParty] = self.rp.resolved  # type: ignore[attr-defined]
         return resolved()
+
+
+SCOPES = "openid urn:telematik:versicherter urn:telematik:display_name urn:telematik:alter"
+
+
+class FakeRp:
+    """A relying party: its self-signed TLS certificate and its encryption key."""
+
+    def __init__(self) -> None:
+        self.tls_key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rp.example")])
+        now = datetime.now(UTC)
+        self.tls_cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.tls_key.public_key())
+            .serial_number(1)
+            .not_valid_before(now - timedelta(hours=1))
+            .not_valid_after(now + timedelta(days=1))
+            .sign(self.tls_key, hashes.SHA256())
+        )
+        self.enc_key = ec.generate_private_key(ec.SECP256R1())
+
+    def resolved(self) -> ResolvedRelyingParty:
+        return resolved_rp(
+            tls_certificates=[self.tls_cert], encryption_key=self.enc_key, scopes=SCOPES.split()
+        )
+
+    def cert_header(self) -> dict[str, str]:
+        pem = self.tls_cert.public_bytes(serialization.Encoding.PEM).decode()
+        return {"X-SSL-CERT": quote(pem)}

@@ -10,49 +10,12 @@ import json
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from rp_testlib import REDIRECT, RP, SCOPES
 
-from healthid.protocol.federation import ResolvedRelyingParty
-from rp_testlib import REDIRECT, RP, resolved_rp
-
-SCOPES = "openid urn:telematik:versicherter urn:telematik:display_name urn:telematik:alter"
 MIN_FRAGMENT = 8  # base64/hex fragments shorter than this could occur by chance
-
-
-class FakeRp:
-    """A relying party: its self-signed TLS certificate and its encryption key."""
-
-    def __init__(self) -> None:
-        self.tls_key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rp.example")])
-        now = datetime.now(UTC)
-        self.tls_cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self.tls_key.public_key())
-            .serial_number(1)
-            .not_valid_before(now - timedelta(hours=1))
-            .not_valid_after(now + timedelta(days=1))
-            .sign(self.tls_key, hashes.SHA256())
-        )
-        self.enc_key = ec.generate_private_key(ec.SECP256R1())
-
-    def resolved(self) -> ResolvedRelyingParty:
-        return resolved_rp(
-            tls_certificates=[self.tls_cert], encryption_key=self.enc_key, scopes=SCOPES.split()
-        )
-
-    def cert_header(self) -> dict[str, str]:
-        pem = self.tls_cert.public_bytes(serialization.Encoding.PEM).decode()
-        return {"X-SSL-CERT": quote(pem)}
 
 
 def pkce() -> tuple[str, str]:

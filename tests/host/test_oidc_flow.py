@@ -13,21 +13,16 @@ import hashlib
 import json
 import secrets
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from starlette.testclient import TestClient
 
 from healthid.demo.egk_test_ca import TestEgkCa
 from healthid.demo.synthetic import synthetic_rows
 from healthid.protocol.audit import AuditEntry, AuditEvent
-from healthid.protocol.federation import ResolvedRelyingParty
 from healthid.protocol.jose import decrypt_id_token, verify_compact
 from healthid.protocol.jose.jws import TYP_ID_TOKEN, TYP_SIGNED_JWKS
 from healthid.runtime import EGK_TEST_CA_DIR, build_app, open_runtime
@@ -35,40 +30,10 @@ from healthid.settings import Settings
 from healthid.wallet.client import WalletClient
 
 IDP = "http://testserver"
-from rp_testlib import REDIRECT, RP, StubResolver, resolved_rp  # noqa: E402
+from rp_testlib import REDIRECT, RP, SCOPES, FakeRp, StubResolver  # noqa: E402
 from stack_testlib import import_synthetic_registry, settings_for  # noqa: E402
 
 ROWS = list(synthetic_rows(6, seed=17))
-SCOPES = "openid urn:telematik:versicherter urn:telematik:display_name urn:telematik:alter"
-
-
-class FakeRp:
-    """A relying party: its self-signed TLS certificate and its encryption key."""
-
-    def __init__(self) -> None:
-        self.tls_key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rp.example")])
-        now = datetime.now(UTC)
-        self.tls_cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self.tls_key.public_key())
-            .serial_number(1)
-            .not_valid_before(now - timedelta(hours=1))
-            .not_valid_after(now + timedelta(days=1))
-            .sign(self.tls_key, hashes.SHA256())
-        )
-        self.enc_key = ec.generate_private_key(ec.SECP256R1())
-
-    def resolved(self) -> ResolvedRelyingParty:
-        return resolved_rp(
-            tls_certificates=[self.tls_cert], encryption_key=self.enc_key, scopes=SCOPES.split()
-        )
-
-    def cert_header(self) -> dict[str, str]:
-        pem = self.tls_cert.public_bytes(serialization.Encoding.PEM).decode()
-        return {"X-SSL-CERT": quote(pem)}
 
 
 @pytest.fixture(params=["embedded", "postgres+redis"])

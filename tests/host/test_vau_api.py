@@ -13,7 +13,6 @@ from urllib.parse import parse_qs, urlsplit
 import cbor2
 import pytest
 from channel_testlib import (
-    FakeRp,
     Recorder,
     authorization_url,
     par_form,
@@ -40,7 +39,7 @@ from healthid.settings import Settings
 from healthid.wallet.client import WalletClient, WalletClientError, b64e
 from healthid.wallet.tee_verify import verify_enclave
 from healthid.wallet.vau_channel import VauChannel
-from rp_testlib import REDIRECT, RP, StubResolver
+from rp_testlib import REDIRECT, RP, FakeRp, StubResolver
 from stack_testlib import import_synthetic_registry, settings_for
 
 IDP = "http://testserver"

@@ -28,7 +28,7 @@ from healthid.enclave.api import (
 from healthid.host.federation_api import TOKEN_PURPOSE, FederationPublisher
 from healthid.host.relying_parties import RelyingPartyError
 from healthid.host.wallet_service import WalletError, WalletService
-from healthid.protocol.audit import AuditEvent, AuditKind, AuditOutcome
+from healthid.protocol.audit import AuditKind, AuditOutcome
 from healthid.protocol.federation import ResolvedRelyingParty
 from healthid.protocol.oauth import authorize, par, token
 from healthid.protocol.oauth.client import RegisteredClient
@@ -43,7 +43,7 @@ from healthid.protocol.oauth.errors import (
 )
 from healthid.protocol.oidc.loa import AMR_SSO, Assurance
 from healthid.store.ephemeral import EphemeralStore
-from healthid.store.sql.audit import NO_AUDIT, AuditSink
+from healthid.store.sql.audit import AuditRecorder, AuditSink
 from healthid.store.sql.policyholders import PolicyholderRepository
 
 ID_TOKEN_LIFETIME = token.ID_TOKEN_LIFETIME
@@ -130,7 +130,7 @@ class OidcService:
         development: bool = False,
         audit: AuditSink | None = None,
     ) -> None:
-        self._audit = audit or NO_AUDIT
+        self._event = AuditRecorder(audit, clock)
         self._issuer = issuer
         self._development = development
         self._sso_window = sso_window
@@ -145,26 +145,6 @@ class OidcService:
 
     def _now(self) -> int:
         return int(self._clock())
-
-    def _event(
-        self,
-        kind: AuditKind,
-        outcome: AuditOutcome = AuditOutcome.SUCCESS,
-        *,
-        actor: str | None = None,
-        client_id: str | None = None,
-        **details: str,
-    ) -> None:
-        self._audit.append(
-            AuditEvent(
-                time=self._now(),
-                kind=kind,
-                outcome=outcome,
-                actor=actor,
-                client_id=client_id,
-                details=details,
-            )
-        )
 
     async def _client(self, client_id: str) -> ResolvedRelyingParty:
         try:

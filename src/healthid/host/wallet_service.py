@@ -45,7 +45,7 @@ from healthid.host.wallet_errors import (
     WalletError,
 )
 from healthid.protocol import device_auth
-from healthid.protocol.audit import AuditEvent, AuditKind, AuditOutcome
+from healthid.protocol.audit import AuditKind, AuditOutcome
 from healthid.protocol.jose.keys import b64url_decode, b64url_encode
 from healthid.protocol.oidc.loa import (
     Assurance,
@@ -54,7 +54,7 @@ from healthid.protocol.oidc.loa import (
     derive_assurance,
 )
 from healthid.store.ephemeral import EphemeralStore
-from healthid.store.sql.audit import NO_AUDIT, AuditSink
+from healthid.store.sql.audit import AuditRecorder, AuditSink
 from healthid.store.sql.devices import DeviceRecord, DeviceRepository, HistoryEntry
 from healthid.store.sql.policyholders import PolicyholderRepository
 
@@ -121,7 +121,7 @@ class WalletService:
         session_ttl: int = DEVICE_SESSION_TTL,
         audit: AuditSink | None = None,
     ) -> None:
-        self._audit = audit or NO_AUDIT
+        self._event = AuditRecorder(audit, clock)
         self._session_ttl = session_ttl
         self._enclave = enclave
         self._policyholders = policyholders
@@ -134,27 +134,6 @@ class WalletService:
 
     def _now(self) -> int:
         return int(self._clock())
-
-    def _event(
-        self,
-        kind: AuditKind,
-        outcome: AuditOutcome = AuditOutcome.SUCCESS,
-        *,
-        actor: str | None = None,
-        subject: str | None = None,
-        **details: str,
-    ) -> None:
-        """Record a security event in the audit trail (pseudonyms and opaque ids only)."""
-        self._audit.append(
-            AuditEvent(
-                time=self._now(),
-                kind=kind,
-                outcome=outcome,
-                actor=actor,
-                subject=subject,
-                details=details,
-            )
-        )
 
     # -- state helpers ------------------------------------------------------------------------
     async def _put(self, key: str, value: dict[str, Any], ttl: int) -> None:

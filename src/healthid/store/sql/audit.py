@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final, Protocol
 
 from sqlalchemy import bindparam, insert, select, text
@@ -33,6 +33,8 @@ from healthid.protocol.audit import (
     GENESIS_HASH,
     AuditEntry,
     AuditEvent,
+    AuditKind,
+    AuditOutcome,
     ChainItem,
     ChainReport,
     ChainVerifier,
@@ -89,6 +91,37 @@ class _NoAudit:
 
 
 NO_AUDIT: Final[AuditSink] = _NoAudit()  # for services built without an audit trail (tests)
+
+
+class AuditRecorder:
+    """How a service records its security events: ``record(kind, outcome, actor=…, …)``."""
+
+    def __init__(self, sink: AuditSink | None, clock: Callable[[], float]) -> None:
+        self._sink = sink or NO_AUDIT
+        self._clock = clock
+
+    def __call__(
+        self,
+        kind: AuditKind,
+        outcome: AuditOutcome = AuditOutcome.SUCCESS,
+        *,
+        actor: str | None = None,
+        subject: str | None = None,
+        client_id: str | None = None,
+        **details: str,
+    ) -> None:
+        """Record one event (pseudonyms and opaque ids only: AuditEvent refuses the rest)."""
+        self._sink.append(
+            AuditEvent(
+                time=int(self._clock()),
+                kind=kind,
+                outcome=outcome,
+                actor=actor,
+                subject=subject,
+                client_id=client_id,
+                details=details,
+            )
+        )
 
 
 class AuditLog:
