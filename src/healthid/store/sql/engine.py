@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -19,6 +21,8 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 POOL_SIZE = 10
 STATEMENT_TIMEOUT_MS = 30_000
 POOL_RECYCLE_S = 1800
+# Multi-host URLs: a host that has not accepted us within this is given up for the next one.
+CONNECT_TIMEOUT_PER_HOST_S = 5.0
 
 
 @asynccontextmanager
@@ -28,7 +32,18 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     twice the statement. The statement runs in autocommit; asyncpg's errors are not wrapped."""
     async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
-        yield raw.driver_connection
+        driver = raw.driver_connection
+        try:
+            yield driver
+        except Exception:
+            # SQLAlchemy never sees asyncpg's own errors: a connection that died with its
+            # server (a failover) would go back to the pool and fail every later checkout.
+            # A statement through SQLAlchemy on it meets its disconnect handling, which
+            # invalidates the whole pool, as after any other query on a dead connection.
+            if driver is not None and driver.is_closed():
+                with suppress(DBAPIError):
+                    await conn.exec_driver_sql("SELECT 1")
+            raise
 
 
 def is_postgresql(engine: AsyncEngine) -> bool:
@@ -49,8 +64,53 @@ def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     cur.close()
 
 
+def _each_host_in_turn(
+    hosts: list[tuple[str, int]], connect_args: dict[str, Any]
+) -> Callable[[], Awaitable[Any]]:
+    """Connect to the hosts of a multi-host URL one after another, each with its own
+    CONNECT_TIMEOUT_PER_HOST_S, starting with the one that accepted us last.
+
+    asyncpg's own multi-host connect shares one timeout (default 60 s) among all hosts: a
+    first host whose packets are dropped (its data centre gone) uses it up, and the other
+    hosts are never tried. A host is skipped where asyncpg would skip it: unreachable, starting
+    or stopping, or not matching ``target_session_attrs`` (a standby, for read-write)."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    skip = (
+        OSError,
+        TimeoutError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.TargetServerAttributeNotMatched,
+    )
+    accepted_last = 0
+
+    async def connect() -> Any:
+        nonlocal accepted_last
+        failure: BaseException = ConnectionError("no database host")
+        for i in range(len(hosts)):
+            index = (accepted_last + i) % len(hosts)
+            host, port = hosts[index]
+            try:
+                conn = await asyncpg.connect(
+                    host=host, port=port, timeout=CONNECT_TIMEOUT_PER_HOST_S, **connect_args
+                )
+            except skip as exc:
+                failure = exc
+                continue
+            accepted_last = index
+            return conn
+        raise failure
+
+    return connect
+
+
 def create_engine(url: str) -> AsyncEngine:
-    """An async engine for ``url`` (``sqlite+aiosqlite://`` or ``postgresql+asyncpg://``)."""
+    """An async engine for ``url`` (``sqlite+aiosqlite://`` or ``postgresql+asyncpg://``).
+
+    Several PostgreSQL servers (a primary and its standbys), of which only the writable one is
+    used: ``postgresql+asyncpg://user@/db?host=h1:5432&host=h2:5432&target_session_attrs=
+    read-write`` (SQLAlchemy's multi-host form; libpq's ``h1:5432,h2:5432`` is not parsed).
+    """
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1] if ":///" in url else ""
         if path and path != ":memory:":
@@ -58,13 +118,21 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
+    connect_args: dict[str, Any] = {
+        "server_settings": {"statement_timeout": str(STATEMENT_TIMEOUT_MS)}
+    }
+    connect: dict[str, Any] = {"connect_args": connect_args}
+    _, opts = PGDialect_asyncpg().create_connect_args(make_url(url))  # type: ignore[no-untyped-call]
+    if isinstance(opts.get("host"), list):  # several hosts: each gets its own timeout
+        hosts = list(zip(opts.pop("host"), opts.pop("port"), strict=True))
+        connect = {"async_creator": _each_host_in_turn(hosts, {**opts, **connect_args})}
     return create_async_engine(
         url,
         pool_size=POOL_SIZE,
         # No pre-ping (a round trip per checkout): a connection that died with the server
         # fails its request once, and SQLAlchemy then invalidates the whole pool.
         pool_recycle=POOL_RECYCLE_S,
-        connect_args={"server_settings": {"statement_timeout": str(STATEMENT_TIMEOUT_MS)}},
+        **connect,
     )
 
 
