@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -66,6 +67,7 @@ class AuditSigner:
         self._dir = directory
         self._clock = clock
         self._verify = checkpoint_verifier({"keys": [self._jwk]})
+        self._thread_lock = threading.Lock()
 
     @classmethod
     def load_or_create(
@@ -94,12 +96,15 @@ class AuditSigner:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        fd = os.open(self._dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
+        # A POSIX record lock (lockf, which Gramine implements; flock it does not) serialises
+        # the processes sharing the directory; the thread lock, this process's threads.
+        with self._thread_lock:
+            fd = os.open(self._dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # closing releases the lock
 
     def _read_head(self) -> SignedCheckpoint | None:
         path = self._dir / HEAD_FILE

@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Final
 
@@ -30,6 +31,8 @@ from healthid.keys.jwk import signing_jwk
 KEY_FORMAT: Final = 1
 SCALAR_LEN: Final = 32  # P-256 private scalar
 NONCE_LEN: Final = 12
+SETTLE_ATTEMPTS: Final = 40  # x SETTLE_PAUSE: how long a half-written key file is waited for
+SETTLE_PAUSE: Final = 0.05
 
 
 def _kek(root: RootKey, purpose: str) -> AESGCM:
@@ -44,21 +47,38 @@ def _aad(root: RootKey, purpose: str, kid: str) -> bytes:
 
 
 def write_new(path: Path, text: str, mode: int) -> bool:
-    """Create ``path`` with ``text`` complete (written aside, then linked into place); False
-    if another process created it first."""
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Create ``path`` with ``text``; False if another process created it first.
+
+    Exclusive create (O_EXCL) rather than write-aside-and-link: Gramine implements no link().
+    A reader racing the creator may see the file before it is complete: :func:`read_settled`.
+    """
     try:
-        os.link(tmp, path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:
         return False
-    finally:
-        tmp.unlink()
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     return True
+
+
+def read_settled(path: Path, *, attempts: int = SETTLE_ATTEMPTS) -> str:
+    """The text of a file another process may just be writing (see :func:`write_new`): read
+    again, briefly, while it is not yet a complete JSON document."""
+    for _ in range(attempts - 1):
+        text = path.read_text()
+        try:
+            json.loads(text)
+        except ValueError:
+            time.sleep(SETTLE_PAUSE)
+            continue
+        return text
+    return path.read_text()
 
 
 def seal_key(root: RootKey, purpose: str, key: ec.EllipticCurvePrivateKey) -> str:
@@ -81,7 +101,7 @@ def unseal_key(root: RootKey, purpose: str, path: Path) -> ec.EllipticCurvePriva
     if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SealingError(f"{path} is readable by others; chmod 600 it")
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(read_settled(path))
         kid = str(doc["kid"])
         blob = base64.b64decode(doc["wrapped"], validate=True)
         if doc.get("format") != KEY_FORMAT or doc.get("root_key_id") != root.key_id:
