@@ -121,14 +121,8 @@ class ServerHandshake(_State):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class ServerSession(_State):
-    """Server, after M4: the application keys, the KeyID and both counters.
-
-    ``last_request`` is the highest request counter accepted (requests must go strictly
-    upwards); ``last_response`` the highest counter answered (each request at most once).
-    """
-
-    KIND: ClassVar[str] = "vau-server-session"
+class _Session(_State):
+    """After M4, either side: the application keys, the KeyID and both counters."""
 
     mode: KemMode
     key_id: bytes
@@ -163,6 +157,17 @@ class ServerSession(_State):
             last_response=uint_field(m, "resp"),
             expires_at=uint_field(m, "exp"),
         )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServerSession(_Session):
+    """Server, after M4: the application keys, the KeyID and both counters.
+
+    ``last_request`` is the highest request counter accepted (requests must go strictly
+    upwards); ``last_response`` the highest counter answered (each request at most once).
+    """
+
+    KIND: ClassVar[str] = "vau-server-session"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -246,7 +251,7 @@ class ClientKeyConfirmation(_State):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class ClientSession(_State):
+class ClientSession(_Session):
     """Client, after M4: the application keys, the KeyID and both counters.
 
     ``last_request`` is the counter of the last request sent; ``last_response`` the counter
@@ -254,37 +259,3 @@ class ClientSession(_State):
     """
 
     KIND: ClassVar[str] = "vau-client-session"
-
-    mode: KemMode
-    key_id: bytes
-    k2_c2s_app_data: bytes = field(repr=False)
-    k2_s2c_app_data: bytes = field(repr=False)
-    last_request: int = 0
-    last_response: int = 0
-    expires_at: int
-
-    def to_bytes(self) -> bytes:
-        return _dump(
-            self.KIND,
-            self.mode,
-            {
-                "key_id": self.key_id,
-                "c2s": self.k2_c2s_app_data,
-                "s2c": self.k2_s2c_app_data,
-                "req": self.last_request,
-                "resp": self.last_response,
-                "exp": self.expires_at,
-            },
-        )
-
-    @classmethod
-    def _build(cls, m: Mapping[str, CborValue], mode: KemMode) -> Self:
-        return cls(
-            mode=mode,
-            key_id=bytes_field(m, "key_id", size=_KEY),
-            k2_c2s_app_data=bytes_field(m, "c2s", size=_KEY),
-            k2_s2c_app_data=bytes_field(m, "s2c", size=_KEY),
-            last_request=uint_field(m, "req"),
-            last_response=uint_field(m, "resp"),
-            expires_at=uint_field(m, "exp"),
-        )
