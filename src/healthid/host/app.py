@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import asyncpg  # type: ignore[import-untyped]
+import sqlalchemy.exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
@@ -33,7 +35,7 @@ from healthid.host.oidc_service import OidcService
 from healthid.host.vau_api import vau_routes
 from healthid.host.wallet_api import wallet_routes
 from healthid.host.wallet_service import WalletService
-from healthid.store.ephemeral import EphemeralStore
+from healthid.store.ephemeral import EphemeralStore, EphemeralStoreUnavailable
 
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -61,13 +63,46 @@ def _json(body: object, status: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=SECURITY_HEADERS)
 
 
-async def _enclave_unavailable(_request: Request, _exc: Exception) -> Response:
-    """The enclave process is down or did not answer: nothing was issued; try again (the
-    OAuth error format, which the wallet API shares)."""
+async def _temporarily_unavailable(_request: Request, _exc: Exception) -> Response:
+    """A dependency is down or did not answer (the enclave process, Redis, PostgreSQL — e.g.
+    during a failover): nothing was issued; try again. The OAuth error format, which the
+    wallet API shares; never a bare 500."""
     return JSONResponse(
         {"error": "temporarily_unavailable", "error_description": "please try again later"},
         status_code=503,
         headers={**SECURITY_HEADERS, "Retry-After": "5"},
+    )
+
+
+# What "a dependency is unavailable" looks like to the host (fail closed, issue #7 item 2).
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    EnclaveUnavailable,
+    EphemeralStoreUnavailable,
+    asyncpg.PostgresConnectionError,  # the hot statements' own driver connection
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # e.g. no host of a multi-host URL is read-write (failover)
+    asyncpg.OperatorInterventionError,  # the server is shutting down or killed our session
+    ConnectionError,
+)
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    """A database error: 503 when the connection is the problem (down, dropped, no writable
+    primary during a failover), else the OAuth ``server_error`` as JSON."""
+    if not isinstance(exc, sqlalchemy.exc.DBAPIError):  # registered for DBAPIError only
+        raise exc
+    if (
+        exc.connection_invalidated
+        or isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
+        or isinstance(exc.orig, UNAVAILABLE)
+        or isinstance(getattr(exc.orig, "__cause__", None), UNAVAILABLE)
+    ):
+        return await _temporarily_unavailable(request, exc)
+    return JSONResponse(
+        {"error": "server_error", "error_description": "the request could not be completed"},
+        status_code=500,
+        headers=SECURITY_HEADERS,
     )
 
 
@@ -201,6 +236,9 @@ version {html.escape(__version__)}, {html.escape(deps.mode)} mode.</p>{banner}
             *enclave_routes(lambda: state["deps"].enclave),
             *extra_routes,
         ],
-        exception_handlers={EnclaveUnavailable: _enclave_unavailable},
+        exception_handlers={
+            **{kind: _temporarily_unavailable for kind in UNAVAILABLE},
+            sqlalchemy.exc.DBAPIError: _database_error,
+        },
         lifespan=lifespan,
     )

@@ -34,7 +34,8 @@ Form = dict[str, list[str]]
 
 
 def _oauth_error(exc: OAuthError) -> JSONResponse:
-    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=NO_STORE)
+    headers = NO_STORE if exc.status_code != 503 else {**NO_STORE, "Retry-After": "5"}
+    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
 
 
 async def _form(request: Request) -> Form:
