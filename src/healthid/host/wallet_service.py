@@ -13,7 +13,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -341,9 +341,23 @@ class WalletService:
             proofed_at=int(state["proofed_at"]),
             created_at=now,
         )
-        await self._devices.add(device, revoke_others_at=now if replace_devices else None)
+        kind = "recovered" if replace_devices else "enrolled"
+        revoked_ids = sorted(before) if replace_devices else []
+        entries = await self._sealed_history(
+            pseudonym,
+            [
+                HistoryEvent(kind=kind, at=now, detail=state["method"]),
+                HistoryEvent(kind="device_bound", at=now, device_id=device.device_id),
+                *(HistoryEvent(kind="device_revoked", at=now, device_id=d) for d in revoked_ids),
+            ],
+        )
+        await self._devices.add(  # the device and its history: one transaction
+            device,
+            revoke_others_at=now if replace_devices else None,
+            history_entries=entries,
+        )
         if replace_devices:
-            await self._mark_revoked(sorted(before), now)
+            await self._mark_revoked(revoked_ids, now)
         self._event(
             AuditKind.RECOVERY if replace_devices else AuditKind.ENROLMENT,
             actor=pseudonym,
@@ -356,18 +370,9 @@ class WalletService:
             key_class=device.key_class,
             attestation=attestation_format,
         )
-        for old in sorted(before) if replace_devices else []:
+        for old in revoked_ids:
             self._event(AuditKind.DEVICE_REVOKED, actor=pseudonym, subject=old, reason="recovery")
-        revoked = len(before) if replace_devices else 0
-        kind = "recovered" if replace_devices else "enrolled"
-        await self._history(pseudonym, HistoryEvent(kind=kind, at=now, detail=state["method"]))
-        await self._history(
-            pseudonym, HistoryEvent(kind="device_bound", at=now, device_id=device.device_id)
-        )
-        for old in sorted(before) if replace_devices else []:
-            await self._history(
-                pseudonym, HistoryEvent(kind="device_revoked", at=now, device_id=old)
-            )
+        revoked = len(revoked_ids)
         return BoundDevice(
             device_id=device.device_id,
             key_class=device.key_class,
@@ -641,14 +646,25 @@ class WalletService:
             for e in await self._devices.list_history(pseudonym)
         )
 
-    async def _history(self, pseudonym: str, event: HistoryEvent) -> None:
+    async def _sealed_history(
+        self, pseudonym: str, events: Sequence[HistoryEvent]
+    ) -> list[HistoryEntry]:
+        """The events sealed by the enclave for the person (none if erased or shredded)."""
         sealed_person = await self._policyholders.get(pseudonym)
         if sealed_person is None or sealed_person.wrapped_key is None:
-            return  # erased or shredded: nothing to record for them
-        sealed = await self._enclave.seal_history(sealed_person, event)
-        await self._devices.add_history(
-            pseudonym,
-            HistoryEntry(
-                event_id=sealed.event_id, created_at=sealed.created_at, ciphertext=sealed.ciphertext
-            ),
-        )
+            return []  # erased or shredded: nothing to record for them
+        out = []
+        for event in events:
+            sealed = await self._enclave.seal_history(sealed_person, event)
+            out.append(
+                HistoryEntry(
+                    event_id=sealed.event_id,
+                    created_at=sealed.created_at,
+                    ciphertext=sealed.ciphertext,
+                )
+            )
+        return out
+
+    async def _history(self, pseudonym: str, event: HistoryEvent) -> None:
+        for entry in await self._sealed_history(pseudonym, [event]):
+            await self._devices.add_history(pseudonym, entry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, func, insert, select, update
@@ -83,9 +84,16 @@ class DeviceRepository:
         self._engine = engine
         self._reader = autocommit(engine)
 
-    async def add(self, device: DeviceRecord, *, revoke_others_at: int | None = None) -> None:
-        """Store a new device; with ``revoke_others_at`` revoke the owner's other devices in
-        the same transaction (recovery after a lost phone)."""
+    async def add(
+        self,
+        device: DeviceRecord,
+        *,
+        revoke_others_at: int | None = None,
+        history_entries: Sequence[HistoryEntry] = (),
+    ) -> None:
+        """Store a new device; with ``revoke_others_at`` revoke the owner's other devices, and
+        record ``history_entries`` for the owner — all in one transaction (an enrolment is
+        stored whole or not at all)."""
         async with self._engine.begin() as conn:
             if revoke_others_at is not None:
                 await conn.execute(
@@ -94,6 +102,19 @@ class DeviceRepository:
                     .values(revoked_at=revoke_others_at)
                 )
             await conn.execute(insert(devices).values(**device.__dict__))
+            if history_entries:
+                await conn.execute(
+                    insert(history),
+                    [
+                        {
+                            "pseudonym": device.pseudonym,
+                            "event_id": e.event_id,
+                            "created_at": e.created_at,
+                            "ciphertext": e.ciphertext,
+                        }
+                        for e in history_entries
+                    ],
+                )
 
     async def get(self, device_id: str) -> DeviceRecord | None:
         async with self._reader.connect() as conn:
