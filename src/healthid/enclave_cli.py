@@ -51,19 +51,37 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-async def join(settings: Settings, releaser_socket: Path) -> None:
-    """Receive the root key from the enclave at ``releaser_socket`` and seal it here, with
+def releaser_client(address: Path | str) -> RemoteEnclave:
+    """The releasing enclave's RPC: a Unix socket path, or ``tcp:<port>`` on 127.0.0.1."""
+    text = str(address)
+    if text.startswith("tcp:"):
+        try:
+            return RemoteEnclave(port=int(text.removeprefix("tcp:")))
+        except ValueError:
+            raise StartupError(f"key release: {text!r} is not tcp:<port>") from None
+    return RemoteEnclave(Path(text))
+
+
+def holds_keys(settings: Settings) -> bool:
+    """Whether this enclave already has a sealed root key (or keys sealed under one)."""
+    return (
+        root_key_sealer(settings).exists() or (enclave_dir(settings) / IDENTITY_KEY_FILE).exists()
+    )
+
+
+async def join(settings: Settings, releaser_address: Path | str) -> None:
+    """Receive the root key from the enclave at ``releaser_address`` and seal it here, with
     the identity key this enclave attested while joining (sealed under the root key)."""
     sealer = root_key_sealer(settings)
     identity_path = enclave_dir(settings) / IDENTITY_KEY_FILE
-    if sealer.exists() or identity_path.exists():
+    if holds_keys(settings):
         raise StartupError(
             "--join: this enclave already holds a sealed root key (or keys sealed under one); "
             "start it without --join"
         )
     evidence = enclave_evidence(settings)
     identity = ec.generate_private_key(ec.SECP256R1())
-    releaser = RemoteEnclave(releaser_socket)
+    releaser = releaser_client(releaser_address)
     try:
         joined = await join_root_key(
             releaser,
@@ -78,7 +96,7 @@ async def join(settings: Settings, releaser_socket: Path) -> None:
     write_new(identity_path, seal_key(joined.root, "identity", identity), 0o600)
     click.echo(
         f"healthid enclave: joined: root key {joined.root.key_id} released by the enclave at "
-        f"{releaser_socket} (MRENCLAVE {joined.releaser_measurement})",
+        f"{releaser_address} (MRENCLAVE {joined.releaser_measurement})",
         err=True,
     )
 
@@ -90,9 +108,15 @@ async def run_enclave(
     *,
     port: int | None = None,
 ) -> None:
-    """Join (if asked), open the key store, build the enclave, serve until SIGTERM/SIGINT."""
+    """Join (if asked), open the key store, build the enclave, serve until SIGTERM/SIGINT.
+
+    ``--join`` joins or refuses to start; ``HEALTHID_KEY_RELEASE_FROM`` (a setting, so a
+    measured Gramine manifest need not change) joins only while this enclave holds no key,
+    and later starts load the sealed key."""
     if join_socket is not None:
         await join(settings, join_socket)
+    elif settings.key_release_from is not None and not holds_keys(settings):
+        await join(settings, settings.key_release_from)
     key_store = build_key_store(settings)
     enclave = build_enclave(settings, key_store.sign)
     stop = asyncio.Event()

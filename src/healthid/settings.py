@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     # it from). Unset: "the same enclave as I am", derived from the enclave's own evidence
     # (its MRENCLAVE, MRSIGNER, ISVPRODID, ISVSVN at least its own, debug off).
     key_release_policy: Path | None = None
+    # A running enclave to receive the root key from while this one has none (a Unix socket
+    # path, or tcp:<port> on 127.0.0.1); once sealed here, later starts load it.
+    key_release_from: str | None = Field(default=None, max_length=4096)
     # Development only (tee=simulated): members of the SIMULATED report body the enclave
     # states in its evidence (mrenclave, mrsigner: 64 hex; isv_prod_id, isv_svn; debug), over
     # the defaults (mrenclave = hash of the healthid sources). Proves nothing; lets development

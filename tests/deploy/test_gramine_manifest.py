@@ -78,7 +78,7 @@ FIXED_SETTINGS = {
     "enclave_workers",
     "pkcs11_pin",
 }
-PASSTHROUGH = {"HEALTHID_PKCS11_PIN"}
+PASSTHROUGH = {"HEALTHID_PKCS11_PIN", "HEALTHID_KEY_RELEASE_FROM"}
 
 
 def _load(filename: str) -> ModuleType:

@@ -187,6 +187,36 @@ async def test_a_joined_instance_restarts_from_its_sealed_root_key(
         b.close()
 
 
+async def test_the_release_setting_joins_once_then_the_sealed_key_is_loaded(
+    releaser: EnclaveProcess, settings: Settings, socket_dir: Path
+) -> None:
+    """HEALTHID_KEY_RELEASE_FROM instead of --join (a measured Gramine command line cannot
+    change): the first start joins, every later start with the same setting loads its own
+    sealed key without asking again."""
+    env = {
+        "HEALTHID_SIMULATED_MEASUREMENT": json.dumps(PINNED),
+        "HEALTHID_KEY_RELEASE_FROM": str(releaser.socket_path),
+    }
+    b = EnclaveProcess(data_dir=settings.data_dir, socket_path=socket_dir / "b.sock", env=env)
+    b.start()
+    try:
+        a_root = (await status_of(releaser)).root_key_id
+        assert (await status_of(b)).root_key_id == a_root
+        assert b.stop() == 0
+        releaser_gone = EnclaveProcess(
+            data_dir=settings.data_dir,
+            socket_path=socket_dir / "b.sock",
+            env=env | {"HEALTHID_KEY_RELEASE_FROM": str(socket_dir / "nobody.sock")},
+        )
+        releaser_gone.start()  # a releaser that is not there does not matter any more
+        try:
+            assert (await status_of(releaser_gone)).root_key_id == a_root
+        finally:
+            releaser_gone.close()
+    finally:
+        b.close()
+
+
 @pytest.mark.parametrize(
     ("measurement", "rule"),
     [
