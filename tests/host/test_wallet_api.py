@@ -312,3 +312,9 @@ def test_rate_limit_address_comes_from_x_forwarded_for_only_behind_a_trusted_pro
     )
     assert client_address(request("203.0.113.9", "198.51.100.2"), ["127.0.0.1"]) == "203.0.113.9"
     assert client_address(request("127.0.0.1", None), ["127.0.0.1"]) == "127.0.0.1"
+    # what is not an address becomes one shared bucket per proxy, never part of a store key
+    for garbage in ("evil host", "é", "1.2.3.4 5", "a" * 40):
+        assert client_address(request("127.0.0.1", garbage), ["127.0.0.1"]) == (
+            "invalid-forwarded-from-127.0.0.1"
+        )
+    assert client_address(request("127.0.0.1", "2001:DB8::1"), ["127.0.0.1"]) == "2001:db8::1"

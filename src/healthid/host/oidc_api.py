@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from healthid.host.oidc_service import OidcService, client_certificate
+from healthid.host.oidc_service import OidcService, SlowDown, client_certificate
+from healthid.host.wallet_api import client_address
 from healthid.protocol.oauth.authorize import requested_claims
 from healthid.protocol.oauth.errors import (
     InvalidRequestError,
@@ -35,6 +36,8 @@ Form = dict[str, list[str]]
 
 def _oauth_error(exc: OAuthError) -> JSONResponse:
     headers = NO_STORE if exc.status_code != 503 else {**NO_STORE, "Retry-After": "5"}
+    if isinstance(exc, SlowDown):  # 429 from a rate limit: when the window ends
+        headers = {**NO_STORE, "Retry-After": str(exc.retry_after)}
     return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
 
 
@@ -81,7 +84,9 @@ def oidc_routes(
         return client_certificate(request.headers, peer, trusted_proxies())
 
     async def par_endpoint(request: Request, svc: OidcService) -> Response:
-        response = await svc.push(await _form(request), cert(request))
+        response = await svc.push(
+            await _form(request), cert(request), ip=client_address(request, trusted_proxies())
+        )
         return JSONResponse(response.to_dict(), status_code=201, headers=NO_STORE)
 
     async def authorization_endpoint(request: Request, svc: OidcService) -> Response:

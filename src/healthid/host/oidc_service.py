@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import json
 import secrets
 import time
@@ -26,8 +27,9 @@ from healthid.enclave.api import (
     IdTokenRequest,
 )
 from healthid.host.federation_api import TOKEN_PURPOSE, FederationPublisher
+from healthid.host.rate_limits import OidcLimits, RateLimit, RateLimiter
 from healthid.host.relying_parties import RelyingPartyError
-from healthid.host.wallet_service import WalletError, WalletService
+from healthid.host.wallet_service import TooManyRequests, WalletError, WalletService
 from healthid.protocol.audit import AuditKind, AuditOutcome
 from healthid.protocol.federation import ResolvedRelyingParty
 from healthid.protocol.oauth import authorize, par, token
@@ -64,6 +66,26 @@ def single_sign_on(assurance: Assurance) -> Assurance:
         reproof_due_at=assurance.reproof_due_at,
         extra_claims_v2=assurance.extra_claims_v2,
     )
+
+
+class SlowDown(TemporarilyUnavailableError):  # noqa: N818 - named after what it asks
+    """A rate limit refused the request: HTTP 429 with ``Retry-After`` (RFC 6585 §4).
+
+    RFC 6749 has no error code for it and gematik-sectoral-idp.md prescribes none, so the body
+    is ``temporarily_unavailable`` (RFC 6749 §4.1.2.1), the status 429.
+    """
+
+    default_status = 429
+
+    def __init__(self, description: str, *, retry_after: int) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after
+
+
+def client_subject(client_id: str) -> str:
+    """The counter subject of a relying party: its entity identifier is a URL of any length,
+    a key is at most 256 characters, so the SHA-256 of it (hex)."""
+    return hashlib.sha256(client_id.encode()).hexdigest()
 
 
 T = TypeVar("T")
@@ -129,8 +151,11 @@ class OidcService:
         sso_window: int = 0,
         development: bool = False,
         audit: AuditSink | None = None,
+        limits: OidcLimits | None = None,
     ) -> None:
         self._event = AuditRecorder(audit, clock)
+        self._limits = limits or OidcLimits()
+        self._rate = RateLimiter(store)
         self._issuer = issuer
         self._development = development
         self._sso_window = sso_window
@@ -156,10 +181,19 @@ class OidcService:
                 ) from None
             raise InvalidClientError(f"relying party not registered: {exc}") from None
 
+    async def _take(self, name: str, subject: str, rule: RateLimit) -> None:
+        try:
+            await self._rate.take(name, subject, rule)
+        except TooManyRequests as exc:
+            raise SlowDown(exc.description, retry_after=exc.retry_after) from None
+
     # -- PAR (RFC 9126, spec §2 step 2) -----------------------------------------------------
     async def push(
-        self, form: Mapping[str, Sequence[str]], client_cert: bytes | None
+        self, form: Mapping[str, Sequence[str]], client_cert: bytes | None, *, ip: str
     ) -> par.ParResponse:
+        """``ip``: the caller's address (the trusted proxy's X-Forwarded-For) for its limit."""
+        # every PAR counts against its address before any work (resolving the RP may fetch)
+        await self._take("par_ip", ip, self._limits.par_per_ip)
         # everything that needs no RP metadata, in gsi order
         params = par.parse_par(form, allow_http=self._development)
         try:
@@ -181,7 +215,19 @@ class OidcService:
             raise
         request_uri = par.new_request_uri(self._rng)
         # (an accepted PAR is not recorded: the consent and the token that follow it are)
-        await self._store.put(f"par:{request_uri}", _dump(request), par.REQUEST_URI_TTL)
+        # Counted against the client only now that its certificate matched, and in the same
+        # round trip that stores it (refused, the request_uri is removed again).
+        try:
+            await self._rate.take_and_put(
+                "par_client",
+                client_subject(request.client_id),
+                self._limits.par_per_client,
+                f"par:{request_uri}",
+                _dump(request),
+                par.REQUEST_URI_TTL,
+            )
+        except TooManyRequests as exc:
+            raise SlowDown(exc.description, retry_after=exc.retry_after) from None
         return par.ParResponse(request_uri=request_uri)
 
     # -- authorization (spec §2 steps 3-5) --------------------------------------------------
@@ -290,6 +336,10 @@ class OidcService:
         )
         if record is None:  # redeem_code refuses an unknown code; this keeps the types honest
             raise InvalidGrantError("unknown code")
+        # the client is authenticated (certificate and code): count it before the enclave works
+        await self._take(
+            "token_client", client_subject(grant.client_id), self._limits.token_per_client
+        )
         if rp.keys.encryption_jwk is None:
             raise InvalidClientError("the relying party publishes no encryption key (use: enc)")
         sealed = await self._policyholders.get(record["pseudonym"])

@@ -1,7 +1,18 @@
-"""Rate limits of the wallet API on the ephemeral store (fixed windows, issue #3 item 7).
+"""Rate limits against attackers, on the ephemeral store (fixed windows; issue #3 item 7,
+issue #7 item 4). The defaults are documented in README "Limits against attackers".
 
-Refusals count against the attacker's address (and, with a high bar and a short window,
+Why our own counters and not the ``limits`` library: a ``limits`` hit is one Lua call per
+(limit, key) on its own Redis client, and it cannot be folded into the operation that
+stores or consumes the flow's state. Here a login challenge is counted and stored in one
+round trip (:meth:`RateLimiter.take_and_put` on ``incr_and_put``), a login reads its failure
+counters while it consumes its challenge (``consume_and_get``), and an accepted PAR is
+counted against its client as it is stored. A counter costs the same CPU either way
+(~80 µs per redis-py round trip, measured); the difference is the number of round trips.
+
+Failures count against the attacker's address (and, with a high bar and a short window,
 against a device), so an attacker without the device key cannot lock its owner out.
+Counters live in the shared store: when it is down, every limited request fails closed with
+:class:`~healthid.store.ephemeral.EphemeralStoreUnavailable` (HTTP 503), never unlimited.
 """
 
 from __future__ import annotations
@@ -15,7 +26,8 @@ from healthid.store.ephemeral import EphemeralStore
 
 @dataclass(frozen=True, kw_only=True)
 class RateLimit:
-    """At most ``limit`` events per ``window`` seconds."""
+    """At most ``limit`` events per ``window`` seconds (a fixed window: across a window's
+    boundary up to twice ``limit`` can pass within ``window`` seconds)."""
 
     limit: int
     window: int
@@ -34,6 +46,25 @@ class WalletLimits:
     # Across all IPs a device is only slowed down, with a high bar: an attacker without the
     # key cannot keep its owner out for long (the window is short).
     failed_auth_per_device: RateLimit = RateLimit(limit=100, window=300)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OidcLimits:
+    """Limits of the relying parties' endpoints (PAR and token, spec §2 steps 2 and 6).
+
+    Ceilings above the platform's capacity target (400 flows/s): they stop a runaway or
+    hijacked client and a flood from one address, not a relying party's normal peak.
+    """
+
+    # every PAR from one address (the TLS terminator's X-Forwarded-For), counted before the
+    # relying party is resolved: a flood of unauthenticated PARs stops here
+    par_per_ip: RateLimit = RateLimit(limit=10_000, window=10)
+    # accepted PARs per relying party: counted only once its client certificate matched, so
+    # nobody else can spend a client's budget
+    par_per_client: RateLimit = RateLimit(limit=10_000, window=10)
+    # token requests per relying party, counted once the client and its code checked out and
+    # before the enclave builds the ID token (the code is spent by then)
+    token_per_client: RateLimit = RateLimit(limit=10_000, window=10)
 
 
 Check = tuple[str, str, RateLimit]  # (counter name, subject, rule)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import re
 from collections.abc import Awaitable, Callable, Collection
@@ -85,7 +86,10 @@ def client_address(request: Request, trusted_proxies: Collection[str]) -> str:
     if forwarded and peer in trusted_proxies:
         last = forwarded.split(",")[-1].strip()
         if last and len(last) <= MAX_ADDRESS_CHARS:
-            return last
+            try:  # only an address: anything else would become part of a counter's key
+                return str(ipaddress.ip_address(last))
+            except ValueError:
+                return f"invalid-forwarded-from-{peer}"  # one shared bucket for the garbage
     return peer
 
 

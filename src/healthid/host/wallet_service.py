@@ -151,13 +151,16 @@ class WalletService:
 
     # -- enrolment ------------------------------------------------------------------------------
     async def start_enrolment(self, *, ip: str) -> Enrolment:
-        await self._rate.check("enrol_ip", ip, self._limits.enrolments_per_ip)
-        await self._rate.count("enrol_ip", ip, self._limits.enrolments_per_ip)
         enrolment_id = secrets.token_urlsafe(18)
         challenge = secrets.token_bytes(device_auth.CHALLENGE_BYTES)
-        await self._put(
+        state = {"challenge": b64url_encode(challenge), "ip": ip, "started": self._now()}
+        # counted against the address and stored in one round trip (refused: removed again)
+        await self._rate.take_and_put(
+            "enrol_ip",
+            ip,
+            self._limits.enrolments_per_ip,
             f"enrol:{enrolment_id}",
-            {"challenge": b64url_encode(challenge), "ip": ip, "started": self._now()},
+            json.dumps(state).encode(),
             ENROLMENT_TTL,
         )
         return Enrolment(enrolment_id=enrolment_id, challenge=challenge, expires_in=ENROLMENT_TTL)
