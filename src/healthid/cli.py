@@ -65,10 +65,20 @@ def main() -> None:
     help="Worker processes on one socket; more than one needs Redis (flow state is shared "
     "there, so consecutive requests of one flow may land on different workers).",
 )
-def serve(host: str | None, port: int | None, demo: bool, workers: int) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "text"]),
+    help="Logs as one JSON object per line, or text (default: HEALTHID_LOG_FORMAT, else json "
+    "in production and text in development). Each request logs one line (healthid.access); "
+    "uvicorn's own access log is off.",
+)
+def serve(
+    host: str | None, port: int | None, demo: bool, workers: int, log_format: str | None
+) -> None:
     """Run the host (IdP, wallet API) with the configured stores and enclave."""
     import uvicorn
 
+    from healthid.host.observability import clear_multiprocess_dir, logging_config
     from healthid.runtime import build_app, prepare_for_workers
 
     settings = _settings()
@@ -110,15 +120,25 @@ def serve(host: str | None, port: int | None, demo: bool, workers: int) -> None:
     )
     if demo:
         _print_demo_hints(host, port)
+    log_format = log_format or settings.log_format or ("text" if settings.development else "json")
+    log_config = logging_config(
+        log_format == "json",
+        bde_ik=settings.bde_ik,
+        bde_dir=settings.bde_dir,
+        bde_ci_id=settings.bde_ci_id,
+    )
     options: dict[str, Any] = {
         "host": host,
         "port": port,
         "log_level": "info",
+        "log_config": log_config,  # uvicorn applies it in every worker process
+        "access_log": False,  # ours: healthid.access, with route templates and request ids
         "server_header": False,
         # The peer must stay the TLS terminator's address: X-SSL-CERT and X-Forwarded-For are
         # believed only from trusted proxies (the app reads them itself, see wallet_api).
         "proxy_headers": False,
     }
+    clear_multiprocess_dir()  # PROMETHEUS_MULTIPROC_DIR: /metrics sums every worker's counts
     if workers > 1:
         asyncio.run(prepare_for_workers(settings))
         click.echo(f"{workers} worker processes")

@@ -13,7 +13,7 @@ import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -153,6 +153,15 @@ class Settings(BaseSettings):
     # Test registries (gematik's published test identities) carry KVNRs whose check digit
     # fails; this lets development import them. Refused in production.
     allow_invalid_test_kvnr: bool = False
+    # Logs (healthid.host.observability): one JSON object per line, or text; default: json in
+    # production, text in development.
+    log_format: Literal["json", "text"] | None = None
+    # gematik's BDE performance log (gematik-sectoral-idp.md §10): the insurer's IK in each
+    # record, and optionally a directory for gematik's 5-minute files
+    # <bde_ci_id>_<start>_<end>_perf.log (shipping them to gematik is not part of healthid).
+    bde_ik: str | None = Field(default=None, pattern=r"^[0-9]{9}$")
+    bde_dir: Path | None = None
+    bde_ci_id: str = Field(default="healthid", pattern=r"^[A-Za-z0-9._-]{1,64}$")
 
     @field_validator("database_url")
     @classmethod

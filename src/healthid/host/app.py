@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 
 import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy.exc
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from healthid import __version__
 from healthid.enclave.api import EnclaveClient, EnclaveUnavailable
@@ -29,6 +31,12 @@ from healthid.host.federation_api import (
     FederationPublisher,
     app_link_routes,
     federation_routes,
+)
+from healthid.host.observability import (
+    HostMetrics,
+    ObservabilityMiddleware,
+    probe,
+    render_metrics,
 )
 from healthid.host.oidc_api import oidc_routes
 from healthid.host.oidc_service import OidcService
@@ -158,29 +166,33 @@ def create_app(
     async def healthz(_request: Request) -> Response:
         return _json({"status": "ok"})
 
-    async def readyz(_request: Request) -> Response:
+    async def dependencies() -> dict[str, bool]:
+        """Each dependency answers within DEPENDENCY_CHECK_TIMEOUT (readiness and metrics)."""
         deps = state["deps"]
-        checks: dict[str, str] = {}
-        try:
+
+        async def database() -> None:
             async with deps.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-        except Exception:  # any driver error means: not ready
-            checks["database"] = "unavailable"
-        try:
-            await deps.ephemeral.ping()
-            checks["ephemeral_store"] = "ok"
-        except Exception:
-            checks["ephemeral_store"] = "unavailable"
-        try:
-            await deps.enclave.status()
-            checks["enclave"] = "ok"
-        except Exception:
-            checks["enclave"] = "unavailable"
+
+        return await probe(
+            {
+                "database": database,
+                "ephemeral_store": deps.ephemeral.ping,
+                "enclave": deps.enclave.status,
+            }
+        )
+
+    async def readyz(_request: Request) -> Response:
+        checks = {k: "ok" if up else "unavailable" for k, up in (await dependencies()).items()}
         ready = all(v == "ok" for v in checks.values())
         return _json(
             {"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503
         )
+
+    async def metrics_endpoint(_request: Request) -> Response:
+        """Prometheus text format; nothing personal (route templates, no raw paths)."""
+        body = render_metrics(metrics, await dependencies())
+        return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
 
     async def status(_request: Request) -> Response:
         deps = state["deps"]
@@ -213,6 +225,7 @@ version {html.escape(__version__)}, {html.escape(deps.mode)} mode.</p>{banner}
 </body></html>"""
         return HTMLResponse(page, headers=SECURITY_HEADERS)
 
+    metrics = HostMetrics()
     return Starlette(
         # Starlette tries routes in order: the endpoints of every login come first.
         routes=[
@@ -231,10 +244,18 @@ version {html.escape(__version__)}, {html.escape(deps.mode)} mode.</p>{banner}
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/status", status),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
             *federation_routes(lambda: state["deps"].federation),
             *app_link_routes(lambda: state["deps"].app_links),
             *enclave_routes(lambda: state["deps"].enclave),
             *extra_routes,
+        ],
+        middleware=[
+            Middleware(
+                ObservabilityMiddleware,
+                metrics=metrics,
+                mounts=[r.path for r in extra_routes if isinstance(r, Mount)],
+            )
         ],
         exception_handlers={
             **{kind: _temporarily_unavailable for kind in UNAVAILABLE},
