@@ -275,33 +275,31 @@ def test_vau_routes_refuse_bad_messages_without_5xx_or_stored_change(
     check_nothing_stored(stack, before, successes)
 
 
-# -- bugs found (do not fix src here: pinned with the exact input) ----------------------------
+# -- bugs found (first pinned as strict xfails with the exact input, then fixed) ---------------
 NESTED_BODY = b"[" * 50_000  # 50 KB, under MAX_BODY_BYTES (128 KiB)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG wallet_api.py _body catches (ValueError, UnicodeDecodeError) from json.loads "
-    "only: a 50 KB body of 50,000 '[' (application/json) raises RecursionError -> HTTP 500 on "
-    "every wallet POST route that reads a body (e.g. /wallet/v1/auth/challenges)",
-)
-def test_bug_deeply_nested_json_body_is_a_400(stack: Stack) -> None:
+def test_deeply_nested_json_body_is_a_400(stack: Stack) -> None:
+    """Was a 500 (RecursionError from json.loads), on the wallet API and on the consent."""
+    for path in (f"{API}/auth/challenges", f"{API}/authorizations"):
+        resp = stack.client.post(
+            path, content=NESTED_BODY, headers={"content-type": "application/json"}
+        )
+        assert resp.status_code == 400, path
+        assert resp.json()["error"] in ("invalid_request", "bad_request"), resp.text
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b'"text"'])
+def test_a_consent_body_that_is_not_a_json_object_is_a_400(stack: Stack, body: bytes) -> None:
     resp = stack.client.post(
-        f"{API}/auth/challenges", content=NESTED_BODY, headers={"content-type": "application/json"}
+        f"{API}/authorizations", content=body, headers={"content-type": "application/json"}
     )
-    assert resp.status_code == 400
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_request"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG wallet_service.py _enrolment passes the path's enrolment_id to the ephemeral "
-    "store unchecked: POST /wallet/v1/enrolments/%20/eid (also /eid/result, and /egk, /device "
-    "once their body parses; likewise %00, %C3%A9, %7F or 300 characters) raises "
-    "InvalidKeyError ('key must be printable ASCII ...') -> HTTP 500 instead of 404",
-)
 @pytest.mark.parametrize("segment", ["%20", "%00", "%C3%A9", "a" * 300])
 @pytest.mark.parametrize("tail", ["eid", "eid/result"])
-def test_bug_unusable_enrolment_id_in_the_path_is_a_404(
+def test_an_unusable_enrolment_id_in_the_path_is_a_404(
     stack: Stack, segment: str, tail: str
 ) -> None:
     before, successes = snapshot(stack.database), successful_audit_events(stack.database)

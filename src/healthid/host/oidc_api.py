@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
@@ -17,7 +16,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from healthid.host.oidc_service import OidcService, SlowDown, client_certificate
-from healthid.host.wallet_api import client_address
+from healthid.host.wallet_api import client_address, json_body
+from healthid.host.wallet_errors import WalletError
 from healthid.protocol.oauth.authorize import requested_claims
 from healthid.protocol.oauth.errors import (
     InvalidRequestError,
@@ -105,7 +105,10 @@ def oidc_routes(
         return HTMLResponse(page, headers=NO_STORE)
 
     async def consent_endpoint(request: Request, svc: OidcService) -> Response:
-        body: dict[str, Any] = await request.json() if await request.body() else {}
+        try:
+            body = await json_body(request)  # bounded; deep nesting and non-objects refused
+        except WalletError as exc:
+            raise InvalidRequestError(exc.description) from None
         selected = body.get("selected_claims", [])
         if not isinstance(selected, list) or not all(isinstance(c, str) for c in selected):
             raise InvalidRequestError("selected_claims must be a list of claim names")

@@ -58,7 +58,7 @@ def b64d(value: object, name: str) -> bytes:
 b64e = b64url_encode
 
 
-async def _body(request: Request) -> dict[str, Any]:
+async def json_body(request: Request) -> dict[str, Any]:
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
         raise WalletError(f"request body larger than {MAX_BODY_BYTES} bytes")
@@ -71,7 +71,7 @@ async def _body(request: Request) -> dict[str, Any]:
         return {}
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         raise WalletError("request body is not JSON") from None
     if not isinstance(body, dict):
         raise WalletError("request body must be a JSON object")
@@ -136,7 +136,7 @@ def wallet_routes(
         )
 
     async def egk(request: Request, svc: WalletService) -> Response:
-        body = await _body(request)
+        body = await json_body(request)
         chain = body.get("intermediates", [])
         if not isinstance(chain, list) or len(chain) > 4:
             raise WalletError("intermediates must be a list of at most 4 certificates")
@@ -160,7 +160,7 @@ def wallet_routes(
         return _json({"status": "proven", "method": method})
 
     async def device(request: Request, svc: WalletService) -> Response:
-        body = await _body(request)
+        body = await json_body(request)
         replace = body.get("replace_devices", False)
         if not isinstance(replace, bool):
             raise WalletError("replace_devices must be true or false")
@@ -182,7 +182,7 @@ def wallet_routes(
         )
 
     async def challenge(request: Request, svc: WalletService) -> Response:
-        body = await _body(request)
+        body = await json_body(request)
         challenge_id, value = await svc.login_challenge(
             _str(body, "device_id", max_len=64), ip=_ip(request)
         )
@@ -191,7 +191,7 @@ def wallet_routes(
         )
 
     async def assertion(request: Request, svc: WalletService) -> Response:
-        body = await _body(request)
+        body = await json_body(request)
         counter = body.get("counter")
         if not isinstance(counter, int) or isinstance(counter, bool) or counter < 0:
             raise WalletError("counter must be a non-negative integer")

@@ -77,6 +77,7 @@ MAX_DEVICES_PER_PERSON = 5
 DEVICE_ID_BYTES = 16
 _DEVICE_ID = re.compile(f"[0-9a-f]{{{2 * DEVICE_ID_BYTES}}}")
 _SESSION_SECRET = re.compile(r"[A-Za-z0-9_-]{43}")  # token_urlsafe(32)
+_ENROLMENT_ID = re.compile(r"[A-Za-z0-9_-]{24}")  # token_urlsafe(18)
 DEVICE_CACHE_TTL = 600  # seconds a device's public record is cached for logins
 
 
@@ -144,6 +145,8 @@ class WalletService:
         return None if raw is None else dict(json.loads(raw))
 
     async def _enrolment(self, enrolment_id: str) -> dict[str, Any]:
+        if not _ENROLMENT_ID.fullmatch(enrolment_id):
+            raise NotFound("unknown or expired enrolment")  # never one we issued
         state = await self._get(f"enrol:{enrolment_id}")
         if state is None:
             raise NotFound("unknown or expired enrolment")
@@ -309,6 +312,8 @@ class WalletService:
         Consumes the enrolment: one device per proof. ``replace_devices`` is recovery after a
         lost phone: every other device of the person is revoked in the same transaction.
         """
+        if not _ENROLMENT_ID.fullmatch(enrolment_id):
+            raise NotFound("unknown or expired enrolment")
         raw = await self._store.consume(f"enrol:{enrolment_id}")
         if raw is None:
             raise NotFound("unknown or expired enrolment")
