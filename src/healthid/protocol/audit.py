@@ -281,8 +281,8 @@ def entry_from_row(row: Mapping[Any, Any]) -> ChainItem:
             details=details,
         )
         prev, digest = bytes(row["prev_hash"]), bytes(row["entry_hash"])
-    except (AuditEventError, ValueError, TypeError, KeyError) as exc:
-        return UnreadableEntry(seq=seq, reason=str(exc) or type(exc).__name__)
+    except (AuditEventError, ValueError, TypeError, KeyError, RecursionError) as exc:
+        return UnreadableEntry(seq=seq, reason=str(exc)[:200] or type(exc).__name__)
     if len(prev) != HASH_LEN or len(digest) != HASH_LEN:
         return UnreadableEntry(seq=seq, reason="a hash is not 32 bytes")
     return AuditEntry(seq=seq, event=event, prev_hash=prev, entry_hash=digest)

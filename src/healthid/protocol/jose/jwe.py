@@ -92,13 +92,14 @@ def read_jwe_header(token: str) -> dict[str, Any]:
         raise TokenTooLarge("the JWE header exceeds its bound")
     try:
         header = json.loads(b64url_decode(parts[0]))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         raise MalformedToken("the JWE header is not base64url JSON") from None
     if not isinstance(header, dict):
         raise MalformedToken("the JWE header is not a JSON object")
-    if header.get("alg") not in ALLOWED_JWE_ALGORITHMS:
+    alg, enc = header.get("alg"), header.get("enc")
+    if not isinstance(alg, str) or alg not in ALLOWED_JWE_ALGORITHMS:
         raise AlgorithmNotAllowed("only ECDH-ES is accepted")
-    if header.get("enc") not in ALLOWED_JWE_ENCRYPTIONS:
+    if not isinstance(enc, str) or enc not in ALLOWED_JWE_ENCRYPTIONS:
         raise AlgorithmNotAllowed("only A256GCM is accepted")
     if header.keys() & _FORBIDDEN:
         raise ForbiddenHeader("the JWE header carries a forbidden parameter")
@@ -117,7 +118,7 @@ def decrypt_id_token(token: str, *, private_key: ec.EllipticCurvePrivateKey) -> 
         raise UnsuitableKey("the decryption key is not a P-256 key")
     try:
         obj = joserfc_jwe.decrypt_compact(token, ECKey.import_key(private_key), registry=_REGISTRY)
-    except JoserfcError:
+    except (JoserfcError, KeyError, ValueError):  # also a malformed or off-curve epk
         raise DecryptionFailed("the JWE does not decrypt with this key") from None
     plaintext = obj.plaintext or b""
     try:

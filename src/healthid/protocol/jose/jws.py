@@ -122,7 +122,7 @@ def _split(token: str) -> tuple[str, str, str]:
 def _json_object(segment: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(b64url_decode(segment))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         raise MalformedToken(f"the JWS {what} is not base64url JSON") from None
     if not isinstance(value, dict):
         raise MalformedToken(f"the JWS {what} is not a JSON object")
@@ -144,7 +144,8 @@ def read_header(token: str) -> dict[str, Any]:
 
 
 def _check_header(header: Mapping[str, Any], typ: str) -> None:
-    if header.get("alg") not in ALLOWED_JWS_ALGORITHMS:
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in ALLOWED_JWS_ALGORITHMS:
         raise AlgorithmNotAllowed("only ES256 is accepted")
     if header.keys() & KEY_SUPPLYING_HEADERS:
         raise ForbiddenHeader("the header may not supply the verification key")

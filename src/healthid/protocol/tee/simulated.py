@@ -147,7 +147,7 @@ def parse_simulated(evidence: bytes) -> ParsedSimulatedEvidence:
         raise DocumentTooLargeError("the simulated evidence is too large")
     try:
         doc = json.loads(evidence.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: deep nesting
         raise MalformedSimulatedEvidenceError("the simulated evidence is not JSON") from None
     if not isinstance(doc, dict) or not _MEMBERS <= set(doc) <= _MEMBERS | {_BODY}:
         raise MalformedSimulatedEvidenceError(
