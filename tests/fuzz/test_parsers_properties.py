@@ -25,13 +25,10 @@ from typing import Any
 
 import cbor2
 import pytest
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509 import InvalidVersion
 from fuzz_testlib import (
     fuzz_settings,
     json_values,
-    leaked_from,
     mutated_bytes,
     mutated_text,
     tried,
@@ -533,20 +530,6 @@ def _attestation_fixtures() -> dict[str, Any]:
 
 
 ATT = _attestation_fixtures()
-# known bug 6: cryptography parses a certificate's key and names lazily; these raise ValueError
-LAZY_CERTIFICATE_PARSING = {
-    ("protocol/attestation/chain.py", "load_certificates"),  # known bug 8: InvalidVersion
-    ("protocol/attestation/chain.py", "_spki"),
-    ("protocol/attestation/chain.py", "_pinned"),
-    ("protocol/attestation/chain.py", "_require_signed_by"),
-}
-# known bug 7: the same for the eGK path builder
-EGK_LAZY_NAME_PARSING = {
-    ("protocol/egk/authentication.py", "_load"),  # known bug 8: InvalidVersion
-    ("protocol/egk/chain.py", "_issuers"),
-    ("protocol/egk/chain.py", "validate_path"),
-    ("protocol/egk/profile.py", "card_public_key"),
-}
 
 
 @fuzz_settings(600)
@@ -564,9 +547,6 @@ def test_apple_app_attest_attestation_raises_only_attestation_errors(data: bytes
         )
     except AttestationError:
         pass
-    except (ValueError, UnsupportedAlgorithm, InvalidVersion) as exc:  # known bugs 6, 8
-        if not leaked_from(exc, LAZY_CERTIFICATE_PARSING):
-            raise
 
 
 @fuzz_settings(400)
@@ -615,9 +595,6 @@ def test_android_key_attestation_chain_raises_only_attestation_errors(data: byte
         )
     except AttestationError:
         pass
-    except (ValueError, UnsupportedAlgorithm, InvalidVersion) as exc:  # known bugs 6, 8
-        if not leaked_from(exc, LAZY_CERTIFICATE_PARSING):
-            raise
 
 
 # -- eGK ---------------------------------------------------------------------------------------
@@ -663,9 +640,6 @@ def test_egk_certificate_parsing_raises_only_egk_errors(
         )
     except EgkError:
         pass
-    except (ValueError, UnsupportedAlgorithm, InvalidVersion) as exc:  # known bugs 7, 8
-        if not leaked_from(exc, EGK_LAZY_NAME_PARSING):
-            raise
 
 
 # -- TEE evidence ------------------------------------------------------------------------------
@@ -877,15 +851,6 @@ def _android_chain_with(index: int, old: bytes, new: bytes) -> bytes:
     return cbor2.dumps(chain)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(ValueError, UnsupportedAlgorithm),
-    reason="BUG attestation/chain.py _spki/_pinned/_require_signed_by call "
-    "certificate.public_key() outside any try (cryptography parses keys lazily): in the "
-    "Android chain, the attestation CA's EC point prefix 04 -> 05 (03 42 00 04 -> 03 42 00 05) "
-    "raises ValueError('Invalid key'); the root's id-ecPublicKey OID shortened (06 07 2a 86 48 "
-    "ce 3d 02 01 -> 06 06 ...) raises UnsupportedAlgorithm. App Attest shares chain.py.",
-)
 @pytest.mark.parametrize(
     ("index", "old", "new"),
     [
@@ -893,7 +858,7 @@ def _android_chain_with(index: int, old: bytes, new: bytes) -> bytes:
         (3, b"\x06\x07*\x86H\xce=\x02\x01", b"\x06\x06*\x86H\xce=\x02\x01"),
     ],
 )
-def test_bug_android_chain_with_an_unparsable_key_raises_attestation_error(
+def test_fixed_android_chain_with_an_unparsable_key_raises_attestation_error(
     index: int, old: bytes, new: bytes
 ) -> None:
     from healthid.protocol.attestation import AttestationError, verify_android_key_attestation
@@ -905,14 +870,7 @@ def test_bug_android_chain_with_an_unparsable_key_raises_attestation_error(
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG egk/chain.py _issuers compares candidate.subject != child.issuer outside its "
-    "try: a card certificate whose issuer C is a NumericString (06 03 55 04 06 13 02 'DE' -> "
-    "tag 11) raises ValueError('error parsing asn1 value ... issuer')",
-)
-def test_bug_egk_card_with_an_unparsable_issuer_raises_egk_error() -> None:
+def test_fixed_egk_card_with_an_unparsable_issuer_raises_egk_error() -> None:
     from healthid.protocol.egk import EgkError, verify_egk_authentication
 
     old = b"\x06\x03U\x04\x06\x13\x02DE"
@@ -931,15 +889,8 @@ def test_bug_egk_card_with_an_unparsable_issuer_raises_egk_error() -> None:
 V4 = (b"\xa0\x03\x02\x01\x02", b"\xa0\x03\x02\x01\x03")  # X.509 version v3 -> "v4"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvalidVersion,
-    reason="BUG attestation/chain.py load_certificates and egk/authentication.py _load catch "
-    "ValueError only; cryptography's x509.InvalidVersion is not one: a leaf whose version "
-    "INTEGER is 3 (a0 03 02 01 02 -> a0 03 02 01 03) raises InvalidVersion",
-)
 @pytest.mark.parametrize("parser", ["android", "apple", "egk"])
-def test_bug_certificate_with_version_4_raises_the_declared_error(parser: str) -> None:
+def test_fixed_certificate_with_version_4_raises_the_declared_error(parser: str) -> None:
     from healthid.protocol.attestation import (
         AttestationError,
         verify_android_key_attestation,

@@ -62,10 +62,26 @@ def load_certificates(ders: Sequence[bytes]) -> tuple[x509.Certificate, ...]:
         if len(der) > MAX_CERTIFICATE_BYTES:
             raise AttestationTooLargeError(f"a certificate has at most {MAX_CERTIFICATE_BYTES} B")
         try:
-            certificates.append(x509.load_der_x509_certificate(der))
-        except ValueError as exc:
+            certificates.append(parsed_certificate(der))
+        except (ValueError, UnsupportedAlgorithm) as exc:  # InvalidVersion is neither
             raise MalformedAttestationError("a certificate is not valid DER X.509") from exc
     return tuple(certificates)
+
+
+def parsed_certificate(der: bytes) -> x509.Certificate:
+    """A certificate whose lazily parsed parts (version, key, names) are parsed now: a part
+    that does not parse fails here, as the certificate's parse error, not later in a check.
+
+    ``cryptography`` reads the public key and the names only when first used, and
+    ``InvalidVersion`` is not a ValueError: both surface here as ValueError.
+    """
+    try:
+        certificate = x509.load_der_x509_certificate(der)
+        _ = certificate.version, certificate.subject, certificate.issuer
+        certificate.public_key()
+    except x509.InvalidVersion as exc:
+        raise ValueError("unsupported X.509 version") from exc
+    return certificate
 
 
 def verify_chain(

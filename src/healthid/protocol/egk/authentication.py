@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from healthid.protocol.egk.chain import MAX_INTERMEDIATES, extensions_of, validate_path
 from healthid.protocol.egk.errors import EgkMalformed
@@ -128,7 +129,12 @@ def _check_sizes(
 
 
 def _load(der: bytes) -> x509.Certificate:
+    """The certificate with its key and names parsed now (cryptography parses them lazily),
+    so a part that does not parse is this error, not another one later."""
     try:
-        return x509.load_der_x509_certificate(der)
-    except ValueError:
+        certificate = x509.load_der_x509_certificate(der)
+        _ = certificate.version, certificate.subject, certificate.issuer
+        certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion):
         raise EgkMalformed("not a DER X.509 certificate") from None
+    return certificate
