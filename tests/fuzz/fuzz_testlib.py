@@ -111,19 +111,3 @@ def with_keys(keys: list[str]) -> st.SearchStrategy[dict[str, Any]]:
     """JSON objects whose keys are mostly the ones a parser reads, with values of any type."""
     names = st.sampled_from(keys) | st.text(max_size=12)
     return st.dictionaries(names, json_values, max_size=len(keys) + 2)
-
-
-def leaked_from(exc: BaseException, known: set[tuple[str, str]]) -> bool:
-    """Whether ``exc`` left healthid through one of the ``known`` (path suffix, function) places
-    of a bug pinned as xfail: the innermost ``src/healthid`` frame of its traceback decides."""
-    place = None
-    tb = exc.__traceback__
-    while tb is not None:
-        code = tb.tb_frame.f_code
-        if "/src/healthid/" in code.co_filename:
-            place = (code.co_filename.split("/src/healthid/")[1], code.co_name)
-        tb = tb.tb_next
-    if place is not None and place in known:
-        tried(f"known bug (xfail) hit: {place[0]}:{place[1]} {type(exc).__name__}")
-        return True
-    return False
