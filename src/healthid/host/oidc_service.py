@@ -27,7 +27,7 @@ from healthid.enclave.api import (
     IdTokenRequest,
 )
 from healthid.host.federation_api import TOKEN_PURPOSE, FederationPublisher
-from healthid.host.rate_limits import OidcLimits, RateLimit, RateLimiter
+from healthid.host.rate_limits import OidcLimits, RateLimit, RateLimiter, counter_key
 from healthid.host.relying_parties import RelyingPartyError
 from healthid.host.wallet_service import TooManyRequests, WalletError, WalletService
 from healthid.protocol.audit import AuditKind, AuditOutcome
@@ -323,7 +323,13 @@ class OidcService:
         self, form: Mapping[str, Sequence[str]], client_cert: bytes | None
     ) -> tuple[dict[str, Any], str, str, str]:
         request = token.parse_token_request(form)
-        raw = await self._store.consume(f"code:{request.code}")  # single use, atomic
+        # single use, atomic; a code that was there counts against the client named with it in
+        # the same round trip (only a redeemable code can spend a client's budget)
+        token_limit = self._limits.token_per_client
+        client_counter = counter_key("token_client", client_subject(request.client_id))
+        raw, redeemed = await self._store.consume_and_incr(
+            f"code:{request.code}", client_counter, token_limit.window
+        )
         record = None if raw is None else json.loads(raw)
         issued = (
             None
@@ -336,10 +342,14 @@ class OidcService:
         )
         if record is None:  # redeem_code refuses an unknown code; this keeps the types honest
             raise InvalidGrantError("unknown code")
-        # the client is authenticated (certificate and code): count it before the enclave works
-        await self._take(
-            "token_client", client_subject(grant.client_id), self._limits.token_per_client
-        )
+        # the client is authenticated (certificate and code): refuse it over its limit before
+        # the enclave works (counted above, with the code)
+        if redeemed is not None and redeemed > token_limit.limit:
+            remaining = await self._store.ttl(client_counter)
+            raise SlowDown(
+                "too many token requests; try again later",
+                retry_after=int(remaining or token_limit.window) + 1,
+            )
         if rp.keys.encryption_jwk is None:
             raise InvalidClientError("the relying party publishes no encryption key (use: enc)")
         sealed = await self._policyholders.get(record["pseudonym"])

@@ -238,6 +238,27 @@ async def test_incr_and_put_counts_and_stores_together(harness: Harness) -> None
     assert await harness.store.get("ip:counter") == b"3"  # refused before anything was written
 
 
+async def test_consume_and_incr_counts_only_what_was_there(harness: Harness) -> None:
+    await harness.store.put("ci:code1", b"one", 60)
+    await harness.store.put("ci:code2", b"two", 60)
+    assert await harness.store.consume_and_incr("ci:code1", "ci:client", 60) == (b"one", 1)
+    assert await harness.store.consume_and_incr("ci:code1", "ci:client", 60) == (None, None)
+    assert await harness.store.consume_and_incr("ci:nothing", "ci:client", 60) == (None, None)
+    assert await harness.store.consume_and_incr("ci:code2", "ci:client", 60) == (b"two", 2)
+    remaining = await harness.store.ttl("ci:client")
+    assert remaining is not None and 0 < remaining <= 60  # a fixed window
+    assert await harness.store.get("ci:client") == b"2"
+
+
+async def test_consume_and_incr_has_exactly_one_winner(harness: Harness) -> None:
+    await harness.store.put("ci:race", b"once", 60)
+    results = await asyncio.gather(
+        *(harness.store.consume_and_incr("ci:race", "ci:counter", 60) for _ in range(RACERS))
+    )
+    assert [r for r in results if r[0] is not None] == [(b"once", 1)]
+    assert await harness.store.get("ci:counter") == b"1"
+
+
 async def test_get_many_rejects_empty_and_oversized_key_lists(harness: Harness) -> None:
     from healthid.store.ephemeral.base import MAX_MANY_KEYS, InvalidKeyError
 

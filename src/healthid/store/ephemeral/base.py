@@ -111,6 +111,13 @@ class EphemeralStore(Protocol):
         round trip (a login challenge counts against its address as it is stored)."""
         ...
 
+    async def consume_and_incr(
+        self, key: str, counter: str, window: float
+    ) -> tuple[bytes | None, int | None]:
+        """:meth:`consume` ``key`` and, only if it was there, :meth:`incr` ``counter`` (fixed
+        window), atomically, in one round trip (a code redeemed counts against its client)."""
+        ...
+
     async def consume(self, key: str) -> bytes | None:
         """Atomically return and delete the value: exactly one caller ever gets it.
 

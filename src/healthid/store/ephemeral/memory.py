@@ -187,6 +187,18 @@ class MemoryEphemeralStore:
             await self.put(key, value, ttl)
             return count
 
+    async def consume_and_incr(
+        self, key: str, counter: str, window: float
+    ) -> tuple[bytes | None, int | None]:
+        """:meth:`consume` and, if it returned a value, :meth:`incr`, under one lock."""
+        validate_key(counter)
+        validate_ttl(window)
+        with self._lock:  # re-entrant: consume and incr take it again
+            value = await self.consume(key)
+            if value is None:
+                return None, None
+            return value, await self.incr(counter, window)
+
     async def ttl(self, key: str) -> float | None:
         """Seconds left, or ``None`` when absent or expired."""
         validate_key(key)

@@ -96,6 +96,21 @@ return count
 )
 """:data:`INCR_SCRIPT` and a ``SET`` in one atomic unit and one round trip."""
 
+CONSUME_AND_INCR_SCRIPT: Final = """
+-- KEYS[1]: consumed (GETDEL); KEYS[2]: counter, counted only if KEYS[1] was there;
+-- ARGV[1]: increment; ARGV[2]: the counter's TTL in milliseconds (set on creation only).
+local v = redis.call('GET', KEYS[1])
+if not v then return {false, false} end
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], '0', 'NX', 'PX', ARGV[2])
+local count = redis.call('INCRBY', KEYS[2], ARGV[1])
+if redis.call('PTTL', KEYS[2]) == -1 then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return {v, count}
+"""
+""":meth:`RedisEphemeralStore.consume_and_incr`: ``GETDEL`` and a counter, atomically."""
+
 CONSUME_AND_GET_SCRIPT: Final = """
 -- KEYS[1]: consumed (GETDEL); KEYS[2..]: read. Absent values come back as false.
 local out = {redis.call('GET', KEYS[1])}
@@ -188,6 +203,7 @@ class RedisEphemeralStore:
         self._incr = client.register_script(INCR_SCRIPT)
         self._incr_and_set = client.register_script(INCR_AND_SET_SCRIPT)
         self._consume_and_get = client.register_script(CONSUME_AND_GET_SCRIPT)
+        self._consume_and_incr = client.register_script(CONSUME_AND_INCR_SCRIPT)
         self._version_checked = False
         self._closed = False
 
@@ -264,6 +280,30 @@ class RedisEphemeralStore:
             raise EphemeralStoreError("the consume script returned an unexpected reply")
         consumed, *values = (_as_bytes(v) for v in result)
         return consumed, values
+
+    async def consume_and_incr(
+        self, key: str, counter: str, window: float
+    ) -> tuple[bytes | None, int | None]:
+        """:data:`CONSUME_AND_INCR_SCRIPT`: atomic, one round trip."""
+        validate_ttl(window)
+        names = [self._name(key), self._name(counter)]
+        with _backend_errors():
+            try:
+                result = await self._consume_and_incr(
+                    keys=names, args=[1, ttl_to_ms(window)], client=self._lane()
+                )
+            except ResponseError as exc:
+                if type(exc) is not ResponseError:
+                    raise
+                raise CounterValueError("value is not a 64-bit integer counter") from exc
+        if not isinstance(result, list) or len(result) != 2:
+            raise EphemeralStoreError("the consume script returned an unexpected reply")
+        value, count = result
+        if value is None:
+            return None, None
+        if not isinstance(count, int):
+            raise EphemeralStoreError("the counter script returned a non-integer")
+        return _as_bytes(value), count
 
     async def consume(self, key: str) -> bytes | None:
         """``GETDEL key``: one atomic command, so one caller wins (CONVENTIONS 14)."""
