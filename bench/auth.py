@@ -19,12 +19,9 @@ import secrets
 import sys
 import time
 
-import asyncpg
+from benchlib import create_database, drop_database, forget_keys
 
 TARGET_PER_S = 1_500
-ADMIN_DSN = os.environ.get(
-    "HEALTHID_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 REDIS_URL = os.environ.get("HEALTHID_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 REDIS_PREFIX = f"healthid-bench-{os.getppid()}:"  # shared by the workers of one run
 CONCURRENCY = 16  # logins in flight per process
@@ -151,34 +148,6 @@ def _worker(
         q.put(asyncio.run(run()))
 
 
-async def _db() -> tuple[str, str]:
-    name = f"healthid_bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(ADMIN_DSN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    return name, ADMIN_DSN.rsplit("/", 1)[0].replace(
-        "postgresql://", "postgresql+asyncpg://"
-    ) + "/" + name
-
-
-async def _drop(name: str) -> None:
-    admin = await asyncpg.connect(ADMIN_DSN)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
-
-
-async def _forget(prefix: str) -> None:
-    """Delete this run's keys from the bench Redis database."""
-    import redis.asyncio as redis
-
-    client = redis.from_url(REDIS_URL)
-    try:
-        async for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            await client.delete(key)
-    finally:
-        await client.aclose()
-
-
 def main() -> int:
     import tempfile
 
@@ -188,7 +157,8 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
     os.environ["HEALTHID_BENCH_PREFIX"] = f"healthid-bench-{secrets.token_hex(4)}:"
-    name, url = asyncio.run(_db())
+    database = asyncio.run(create_database("bench"))
+    name, url = database.name, database.url
     try:
         with tempfile.TemporaryDirectory() as data_dir:
             devices = asyncio.run(_setup(url, data_dir, args.devices))
@@ -206,8 +176,8 @@ def main() -> int:
                 p.join(timeout=30)
             elapsed = time.perf_counter() - start
     finally:
-        asyncio.run(_drop(name))
-        asyncio.run(_forget(os.environ["HEALTHID_BENCH_PREFIX"]))
+        asyncio.run(drop_database(name))
+        asyncio.run(forget_keys(REDIS_URL, os.environ["HEALTHID_BENCH_PREFIX"]))
     rate = total / args.seconds
     print("device-key authentication (challenge + verify) against PostgreSQL + Redis")
     print(

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-import asyncpg
 import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -40,14 +39,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from benchlib import create_database, drop_database, forget_keys
 from loadgen import LoadClient
 
 TARGET_FLOWS_PER_S = 400
 TARGET_CPU_MS = 2.5
 TARGET_P99_MS = 100
-ADMIN_DSN = os.environ.get(
-    "HEALTHID_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 REDIS_URL = os.environ.get("HEALTHID_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 RP = "https://rp.bench.example"
 REDIRECT = f"{RP}/callback"
@@ -396,13 +393,8 @@ async def main(args: argparse.Namespace) -> int:
     from healthid.runtime import open_runtime
     from healthid.settings import load_settings
 
-    name = f"healthid_flow_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(ADMIN_DSN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    db_url = (
-        ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + "/" + name
-    )
+    database = await create_database("flow")
+    db_url = database.url
     prefix = f"healthid-flow-{secrets.token_hex(4)}:"
     server = None
     enclave: subprocess.Popen[bytes] | None = None
@@ -517,15 +509,8 @@ async def main(args: argparse.Namespace) -> int:
             if server.is_alive():
                 server.terminate()
                 server.join(timeout=10)
-        admin = await asyncpg.connect(ADMIN_DSN)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-        import redis.asyncio as redis
-
-        client = redis.from_url(REDIS_URL)
-        async for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            await client.delete(key)
-        await client.aclose()
+        await drop_database(database.name)
+        await forget_keys(REDIS_URL, prefix)
     return 0 if ok else 1
 
 

@@ -13,13 +13,11 @@ import asyncio
 import io
 import os
 import resource
-import secrets
 import sys
 import time
 from datetime import date
 
-import asyncpg
-
+from benchlib import create_database, drop_database
 from healthid.demo.synthetic import write_registry
 from healthid.enclave.service import Enclave
 from healthid.enclave.vault import RootKey, Vault
@@ -28,9 +26,6 @@ from healthid.store.sql.engine import create_engine, upgrade
 from healthid.store.sql.policyholders import PolicyholderRepository
 
 TARGET_ROWS_PER_S = 5_000
-ADMIN_DSN = os.environ.get(
-    "HEALTHID_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 
 
 def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
@@ -43,15 +38,8 @@ async def main(count: int, url: str | None) -> int:
     data = buf.getvalue().encode()
     name = None
     if url is None:
-        name = f"healthid_bench_{secrets.token_hex(4)}"
-        admin = await asyncpg.connect(ADMIN_DSN)
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        await admin.close()
-        url = (
-            ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-            + "/"
-            + name
-        )
+        database = await create_database("bench")
+        name, url = database.name, database.url
     engine = create_engine(url)
     try:
         await upgrade(engine)
@@ -70,9 +58,7 @@ async def main(count: int, url: str | None) -> int:
         enclave.close()
         await engine.dispose()
         if name:
-            admin = await asyncpg.connect(ADMIN_DSN)
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            await admin.close()
+            await drop_database(name)
     rate = count / elapsed
     print(f"registry import into PostgreSQL: {count} rows ({len(data) / 1e6:.1f} MB CSV)")
     print(f"  time          {elapsed:8.2f} s")

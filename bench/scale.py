@@ -30,11 +30,10 @@ from typing import Any
 
 import asyncpg
 
+from benchlib import create_database, drop_database, forget_keys
+
 TARGET_RATIO = 1.10
 TARGET_SESSION_BYTES = 2048
-ADMIN_DSN = os.environ.get(
-    "HEALTHID_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 REDIS_URL = os.environ.get("HEALTHID_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
 SEED = 7
 
@@ -165,14 +164,8 @@ async def main(args: argparse.Namespace) -> int:
     from healthid.runtime import open_runtime
     from healthid.settings import load_settings
 
-    name = f"healthid_scale_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(ADMIN_DSN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    db_url = (
-        ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + "/" + name
-    )
-    dsn = ADMIN_DSN.rsplit("/", 1)[0] + "/" + name
+    database = await create_database("scale")
+    db_url, dsn = database.url, database.dsn
     prefix = f"healthid-scale-{secrets.token_hex(4)}:"
     rnd = random.Random(1)  # which test people to enrol
     ok = True
@@ -222,15 +215,8 @@ async def main(args: argparse.Namespace) -> int:
         )
         ok = ok and mean_bytes <= TARGET_SESSION_BYTES
     finally:
-        admin = await asyncpg.connect(ADMIN_DSN)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-        import redis.asyncio as redis
-
-        client = redis.from_url(REDIS_URL)
-        async for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            await client.delete(key)
-        await client.aclose()
+        await drop_database(database.name)
+        await forget_keys(REDIS_URL, prefix)
     return 0 if ok else 1
 
 
