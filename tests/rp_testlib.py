@@ -94,3 +94,14 @@ class FakeRp:
     def cert_header(self) -> dict[str, str]:
         pem = self.tls_cert.public_bytes(serialization.Encoding.PEM).decode()
         return {"X-SSL-CERT": quote(pem)}
+
+
+def token_form(code: str, verifier: str) -> dict[str, str]:
+    """The token request of the relying party ``RP`` for ``code`` (PKCE ``verifier``)."""
+    return {
+        "grant_type": "authorization_code",
+        "code": code,
+        "code_verifier": verifier,
+        "client_id": RP,
+        "redirect_uri": REDIRECT,
+    }

@@ -18,7 +18,6 @@ from click.testing import CliRunner
 from starlette.testclient import TestClient
 from test_oidc_flow import (  # the same fixtures: the real app and a fake relying party
     IDP,
-    REDIRECT,
     ROWS,
     RP,
     FakeRp,
@@ -45,6 +44,7 @@ from healthid.host.observability import (
 )
 from healthid.runtime import build_app
 from healthid.settings import Settings, load_settings
+from rp_testlib import token_form
 
 __all__ = ["client", "rp", "settings"]
 
@@ -286,13 +286,7 @@ def test_full_flow_leaves_nothing_personal_in_metrics_or_logs_and_writes_bde_rec
     code = parse_qs(urlsplit(consent.json()["redirect"]).query)["code"][0]
     issued = client.post(
         f"{IDP}/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "code_verifier": verifier,
-            "client_id": RP,
-            "redirect_uri": REDIRECT,
-        },
+        data=token_form(code, verifier),
         headers=rp.cert_header(),
     )
     assert issued.status_code == 200, issued.text

@@ -30,7 +30,7 @@ from healthid.settings import Settings
 from healthid.wallet.client import WalletClient
 
 IDP = "http://testserver"
-from rp_testlib import REDIRECT, RP, SCOPES, FakeRp, StubResolver  # noqa: E402
+from rp_testlib import REDIRECT, RP, SCOPES, FakeRp, StubResolver, token_form  # noqa: E402
 from stack_testlib import import_synthetic_registry, settings_for  # noqa: E402
 
 ROWS = list(synthetic_rows(6, seed=17))
@@ -122,13 +122,7 @@ def test_full_flow_issues_an_encrypted_id_token_the_rp_can_verify(
     assert query["state"] == ["st-123"]
     code = query["code"][0]
 
-    form = {
-        "grant_type": "authorization_code",
-        "code": code,
-        "code_verifier": verifier,
-        "client_id": RP,
-        "redirect_uri": REDIRECT,
-    }
+    form = token_form(code, verifier)
     issued = client.post(f"{IDP}/token", data=form, headers=rp.cert_header())
     assert issued.status_code == 200, issued.text
     body = issued.json()
@@ -180,13 +174,7 @@ def test_pairwise_sub_is_stable_per_rp(
         code = parse_qs(urlsplit(location).query)["code"][0]
         body = client.post(
             f"{IDP}/token",
-            data={
-                "grant_type": "authorization_code",
-                "code": code,
-                "code_verifier": verifier,
-                "client_id": RP,
-                "redirect_uri": REDIRECT,
-            },
+            data=token_form(code, verifier),
             headers=rp.cert_header(),
         ).json()
         token = json.loads(
@@ -295,13 +283,7 @@ def _id_token_for(
         return query["error"]
     body = client.post(
         f"{IDP}/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": query["code"][0],
-            "code_verifier": verifier,
-            "client_id": RP,
-            "redirect_uri": REDIRECT,
-        },
+        data=token_form(query["code"][0], verifier),
         headers=rp.cert_header(),
     ).json()
     return dict(
@@ -359,13 +341,7 @@ def test_authorization_consent_and_token_are_audited(
         assert isinstance(claims, dict)
         refused = c.post(  # a code that was never issued
             f"{IDP}/token",
-            data={
-                "grant_type": "authorization_code",
-                "code": "x" * 43,
-                "code_verifier": "v" * 43,
-                "client_id": RP,
-                "redirect_uri": REDIRECT,
-            },
+            data=token_form("x" * 43, "v" * 43),
             headers=rp.cert_header(),
         )
         assert refused.status_code == 400

@@ -28,7 +28,7 @@ from healthid.protocol.attestation import make_software_attestation
 from healthid.runtime import EGK_TEST_CA_DIR, attestation_policy, build_app, open_runtime
 from healthid.settings import Settings
 from healthid.store.ephemeral import MemoryEphemeralStore
-from rp_testlib import REDIRECT, RP, FakeRp, StubResolver
+from rp_testlib import RP, FakeRp, StubResolver, token_form
 from stack_testlib import BACKENDS, import_synthetic_registry, settings_for
 
 OWNER_IP = "198.51.100.7"
@@ -260,26 +260,14 @@ def test_token_requests_are_limited_per_client(
     codes = [_code(client, rp, session) for _ in range(2)]
 
     def redeem(code: str, verifier: str) -> tuple[int, dict[str, str], str]:
-        form = {
-            "grant_type": "authorization_code",
-            "code": code,
-            "code_verifier": verifier,
-            "client_id": RP,
-            "redirect_uri": REDIRECT,
-        }
+        form = token_form(code, verifier)
         resp = client.post(f"{IDP}/token", data=form, headers=rp.cert_header())
         return resp.status_code, resp.json(), resp.headers.get("retry-after", "")
 
     # a token request without the client certificate does not spend the client's budget
     unauthenticated = client.post(
         f"{IDP}/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": "x" * 43,
-            "code_verifier": "v" * 43,
-            "client_id": RP,
-            "redirect_uri": REDIRECT,
-        },
+        data=token_form("x" * 43, "v" * 43),
     )
     assert unauthenticated.status_code in (400, 401)
     assert redeem(*codes[0])[0] == 200

@@ -39,7 +39,7 @@ from healthid.settings import Settings
 from healthid.wallet.client import WalletClient, WalletClientError, b64e
 from healthid.wallet.tee_verify import verify_enclave
 from healthid.wallet.vau_channel import VauChannel
-from rp_testlib import REDIRECT, RP, FakeRp, StubResolver
+from rp_testlib import FakeRp, StubResolver, token_form
 from stack_testlib import import_synthetic_registry, settings_for
 
 IDP = "http://testserver"
@@ -105,13 +105,7 @@ def test_a_capture_of_everything_the_host_saw_holds_no_personal_data(
     code = parse_qs(urlsplit(location).query)["code"][0]
     token = client.post(
         f"{IDP}/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "code_verifier": verifier,
-            "client_id": RP,
-            "redirect_uri": REDIRECT,
-        },
+        data=token_form(code, verifier),
         headers=rp.cert_header(),
     ).json()
 

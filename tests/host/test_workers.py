@@ -24,7 +24,7 @@ from healthid.protocol.jose import decrypt_id_token
 from healthid.runtime import build_app
 from healthid.settings import Settings
 from healthid.wallet.client import b64d, b64e
-from rp_testlib import REDIRECT, RP, FakeRp, StubResolver
+from rp_testlib import RP, FakeRp, StubResolver, token_form
 from stack_testlib import import_synthetic_registry, settings_for
 
 
@@ -82,13 +82,7 @@ def test_one_flow_alternating_between_two_workers(settings: Settings, tmp_path: 
         code = parse_qs(urlsplit(consent.json()["redirect"]).query)["code"][0]
         token = b.post(
             f"{IDP}/token",
-            data={
-                "grant_type": "authorization_code",
-                "code": code,
-                "code_verifier": verifier,
-                "client_id": RP,
-                "redirect_uri": REDIRECT,
-            },
+            data=token_form(code, verifier),
             headers=rp.cert_header(),
         )
         assert token.status_code == 200, token.text
@@ -98,13 +92,7 @@ def test_one_flow_alternating_between_two_workers(settings: Settings, tmp_path: 
         # and the code is spent for both workers
         again = a.post(
             f"{IDP}/token",
-            data={
-                "grant_type": "authorization_code",
-                "code": code,
-                "code_verifier": verifier,
-                "client_id": RP,
-                "redirect_uri": REDIRECT,
-            },
+            data=token_form(code, verifier),
             headers=rp.cert_header(),
         )
         assert again.status_code == 400
