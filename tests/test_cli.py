@@ -121,7 +121,7 @@ def test_enclave_status_says_simulated(env: Path) -> None:
 def test_db_upgrade_and_current(env: Path) -> None:
     assert run("db", "current")[1].strip() == "(empty database)"
     assert run("db", "upgrade")[0] == 0
-    assert run("db", "current")[1].strip() == "0003"
+    assert run("db", "current")[1].strip() == "0004"
 
 
 def test_key_rotation_publishes_next_key_before_it_signs(env: Path) -> None:

@@ -221,9 +221,9 @@ IMPORT_PROFILE_CODE: Final = f"""\
 import asyncio
 import importlib
 
-import httpx
+import {ENCLAVE_MODULE}  # first: it keeps httpx's optional CLI imports out (see there)
 
-import {ENCLAVE_MODULE}
+import httpx
 from healthid.eid.transport import TransportConfig, build_http_client
 
 for name in {LAZY_ENCLAVE_MODULES!r}:
@@ -369,7 +369,7 @@ def trace_session(python: str = sys.executable, pythonpath: str | None = None) -
         )
         try:
             _wait_listening(process, socket_path)
-            asyncio.run(_drive_session(socket_path, token_kid))
+            asyncio.run(_drive_session(socket_path, token_kid, data_dir))
             process.send_signal(signal.SIGTERM)
             _, stderr = process.communicate(timeout=STOP_TIMEOUT)
             if process.returncode != 0:
@@ -426,15 +426,22 @@ def _registry_csv(count: int) -> bytes:
     return out.getvalue().encode()
 
 
-async def _drive_session(socket_path: Path, token_kid: str) -> None:
-    """One call of each kind the host makes, over the real RPC."""
+async def _drive_session(socket_path: Path, token_kid: str, data_dir: Path) -> None:
+    """One call of each kind the host makes, over the real RPC: an import, an eGK proof, a
+    device bound and logged in, an ID token for that login."""
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+    from healthid.demo.egk_test_ca import TestEgkCa
+    from healthid.demo.synthetic import synthetic_rows
     from healthid.enclave import api
     from healthid.enclave.rpc import RemoteEnclave
+    from healthid.protocol import device_auth
     from healthid.protocol.jose.keys import public_jwk
     from healthid.protocol.oauth.token import TokenGrant
-    from healthid.protocol.oidc.loa import ACR_HIGH, AMR_EGK, Assurance
+    from healthid.runtime import EGK_TEST_CA_DIR
 
     remote = RemoteEnclave(socket_path)
     try:
@@ -448,6 +455,54 @@ async def _drive_session(socket_path: Path, token_kid: str) -> None:
         await remote.discard_import(prepared.import_id)
         await remote.seal_history(sealed[0], api.HistoryEvent(kind="login", at=1))
         await remote.verify_policyholders(sealed)
+        # identity proof, device binding and login, as the wallet service drives them
+        row = next(iter(synthetic_rows(2, seed=11)))
+        card = TestEgkCa.create(data_dir / EGK_TEST_CA_DIR).issue_card(
+            row["kvnr"], row["ik"], row["given_name"], row["family_name"]
+        )
+        challenge = os.urandom(32)
+        lookup = await remote.egk_prove(
+            certificate=card.certificate_der, signature=card.sign(challenge), challenge=challenge
+        )
+        match = await remote.match_identity(lookup.proof_id, [sealed[0]])
+        device = ec.generate_private_key(ec.SECP256R1())
+        device_id = os.urandom(16).hex()
+        public_key = device.public_key().public_bytes(
+            Encoding.DER, PublicFormat.SubjectPublicKeyInfo
+        )
+        bound = await remote.bind_device(
+            api.DeviceBindingRequest(
+                proof_ticket=match.proof_ticket,
+                device_id=device_id,
+                public_key=public_key,
+                key_class="software",
+                attestation_format="healthid-software",
+            )
+        )
+        (login_challenge,) = await remote.login_challenges(1)
+        r, s = decode_dss_signature(
+            device.sign(
+                device_auth.message(login_challenge, device_id, 1), ec.ECDSA(hashes.SHA256())
+            )
+        )
+        grant = await remote.login(
+            api.LoginRequest(
+                device_id=device_id,
+                pseudonym=bound.pseudonym,
+                public_key=public_key,
+                key_class="software",
+                attestation_format="healthid-software",
+                proofing_method=bound.proofing_method,
+                proofed_at=bound.proofed_at,
+                sign_count=0,
+                binding=bound.binding,
+                challenge=login_challenge,
+                counter=1,
+                signature=r.to_bytes(32, "big") + s.to_bytes(32, "big"),
+                session_ttl=300,
+                owner=sealed[0],
+            )
+        )
         rp_key = ec.generate_private_key(ec.SECP256R1())
         await remote.mint_id_token(
             api.IdTokenRequest(
@@ -459,12 +514,11 @@ async def _drive_session(socket_path: Path, token_kid: str) -> None:
                     id_token_version="1.0.0",  # noqa: S106 - a version, not a secret
                     consented_claims=("urn:telematik:claims:id",),
                 ),
-                assurance=Assurance(
-                    acr=ACR_HIGH, amr_v1=(AMR_EGK,), amr_v2=(AMR_EGK,), reproof_due_at=2**31 - 1
-                ),
-                auth_time=int(time.time()),
+                ticket=grant.ticket,
+                single_sign_on=False,
                 kid=token_kid,
                 x5c=(),
+                rp_statements=(),
                 rp_encryption_jwk=dict(public_jwk(rp_key.public_key(), kid="rp", use="enc")),
             )
         )

@@ -36,6 +36,7 @@ from healthid.enclave.key_release import (
     ReleasingEnclave,
     simulated_body,
 )
+from healthid.enclave.relying_parties import FederationAnchor
 from healthid.enclave.rpc.client import RemoteEnclave
 from healthid.enclave.sealed_keys import load_or_create_key
 from healthid.enclave.sealing import GramineSealer, RootKeySealer, SimulatedFileSealer
@@ -146,6 +147,12 @@ def build_enclave(
     root = root_key_sealer(settings).load_or_create()
     workers = settings.enclave_workers or os.cpu_count() or 1
     identity = load_or_create_key(root, "identity", enclave_dir(settings) / IDENTITY_KEY_FILE)
+    anchor = federation_anchor(settings)
+    if anchor is None and settings.tee is not TeeKind.SIMULATED:
+        raise StartupError(
+            "tee=sgx: the enclave verifies relying parties itself and needs the federation "
+            "master: HEALTHID_FEDMASTER_URL and HEALTHID_FEDMASTER_JWKS_FILE"
+        )
     return ReleasingEnclave(
         Vault(root),
         key_release=KeyReleaseService(
@@ -161,6 +168,20 @@ def build_enclave(
         identity_key=identity,
         audit=AuditSigner.load_or_create(root, enclave_dir(settings)),
         evidence=evidence,
+        federation=anchor,
+        apple=attestation_policy(settings).apple,
+    )
+
+
+def federation_anchor(settings: Settings) -> FederationAnchor | None:
+    """The federation master the enclave trusts (to verify relying parties before it
+    encrypts an ID token to them), when one is configured."""
+    if not (settings.fedmaster_url and settings.fedmaster_jwks_file):
+        return None
+    return FederationAnchor(
+        entity_id=settings.fedmaster_url,
+        jwks=pinned_master_jwks(settings.fedmaster_jwks_file),
+        allow_http=settings.development,
     )
 
 

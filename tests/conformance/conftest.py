@@ -43,6 +43,7 @@ def secure_element_devices(monkeypatch: pytest.MonkeyPatch) -> None:
     The test wallet can only attest a software key (development), which our policy caps at
     loa-substantial; gematik's cases with acr high stand in a real attested device.
     """
+    import healthid.enclave.service as enclave_service
     import healthid.host.wallet_service as wallet_service
     from healthid.protocol.oidc.loa import DEFAULT_POLICY, DeviceKeyClass
 
@@ -55,4 +56,6 @@ def secure_element_devices(monkeypatch: pytest.MonkeyPatch) -> None:
     def derive(**kwargs: object) -> object:
         return original(**kwargs, policy=policy)  # type: ignore[arg-type]
 
+    # the host's view (consent screen, acr_values check) and the enclave's (the ID token)
     monkeypatch.setattr(wallet_service, "derive_assurance", derive)
+    monkeypatch.setattr(enclave_service, "derive_assurance", derive)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,9 +29,9 @@ from healthid.protocol.vau import (
     parse_signed_public_keys,
 )
 from healthid.protocol.vau import cbor as vau_cbor
+from session_testlib import LoggedIn, log_in_with_card
 
 ROWS = [dict(r) for r in synthetic_rows(3, seed=41)]
-SESSION = "a" * 32 + "." + "S" * 43
 
 
 class Clock:
@@ -49,6 +49,10 @@ class Setup:
     clock: Clock
     ca: TestEgkCa
     people: list[api.SealedPolicyholder]
+    logins: list[LoggedIn]
+
+    def token(self, person: int) -> str:
+        return self.logins[person].grant.session
 
     def config(self, key: ec.EllipticCurvePrivateKey | None = None) -> ClientConfig:
         return ClientConfig(
@@ -73,7 +77,7 @@ def holder(row: dict[str, str]) -> Policyholder:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
+async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     clock = Clock()
     identity = ec.generate_private_key(ec.SECP256R1())
     ca = TestEgkCa.create(tmp_path / "ca")
@@ -85,7 +89,15 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         vau_clock=clock,
     )
     people = [enclave.seal_policyholder(holder(r)) for r in ROWS]
-    yield Setup(enclave=enclave, identity=identity, clock=clock, ca=ca, people=people)
+    logins = [  # each person's device session, as the enclave issues it at login
+        await log_in_with_card(
+            enclave, sealed, ca.issue_card(r["kvnr"], r["ik"], r["given_name"], r["family_name"])
+        )
+        for r, sealed in zip(ROWS, people, strict=True)
+    ]
+    yield Setup(
+        enclave=enclave, identity=identity, clock=clock, ca=ca, people=people, logins=logins
+    )
     enclave.close()
 
 
@@ -108,9 +120,10 @@ def context_for(s: Setup, op: str = "me", person: int = 0, **extra: object) -> a
     sealed = s.people[person]
     values: dict[str, object] = {
         "op": op,
-        "session": SESSION,
+        "session": s.token(person),
         "pseudonym": sealed.pseudonym,
         "sealed": sealed,
+        "ticket": s.logins[person].grant.ticket,
     }
     return api.VauContext(**(values | extra))  # type: ignore[arg-type]
 
@@ -137,7 +150,7 @@ async def test_the_signed_vau_keys_verify_with_the_attested_identity_key(setup: 
 async def test_me_opens_the_persons_sealed_master_data(setup: Setup) -> None:
     cid, session = await open_channel(setup)
     _, reply, answer = await call(
-        setup, cid, session, inner("me", SESSION), context_for(setup, "me", 1)
+        setup, cid, session, inner("me", setup.token(1)), context_for(setup, "me", 1)
     )
     assert reply.status == 200 and reply.outcome == api.VAU_OK
     row = ROWS[1]
@@ -229,49 +242,96 @@ async def test_malformed_handshakes_are_refused_with_the_error_body(setup: Setup
     ("plaintext", "context"),
     [
         # the inner session differs from the outer header's
-        (inner("me", "b" * 32 + "." + "S" * 43), {}),
+        (lambda token: inner("me", "b" * 32 + "." + "S" * 43), {}),
         # the inner op differs from the outer one
-        (inner("history", SESSION), {}),
+        (lambda token: inner("history", token), {}),
         # routing arguments differ
         (
-            inner("me", SESSION, enrolment_id="x"),
+            lambda token: inner("me", token, enrolment_id="x"),
             {"op": "egk_prove", "args": (("enrolment_id", "y"),)},
         ),
         # an op the enclave does not know
-        (inner("export_all", SESSION), {"op": "export_all"}),
+        (lambda token: inner("export_all", token), {"op": "export_all"}),
     ],
 )
 async def test_a_request_that_does_not_match_its_outer_context_is_refused(
-    setup: Setup, plaintext: bytes, context: dict[str, object]
+    setup: Setup, plaintext: Callable[[str], bytes], context: dict[str, object]
 ) -> None:
     cid, session = await open_channel(setup)
     _, reply, answer = await call(
-        setup, cid, session, plaintext, context_for(setup, **({"op": "me"} | context))
+        setup,
+        cid,
+        session,
+        plaintext(setup.token(0)),
+        context_for(setup, **({"op": "me"} | context)),
     )
     assert reply.status == 200 and reply.outcome == "context_mismatch"
     assert answer["error"]["status"] == 400  # type: ignore[index]
 
 
+@pytest.mark.parametrize(
+    ("ticket_of", "outcome", "status"),
+    [
+        (None, "session_refused", 401),  # no ticket: the host's word only
+        (1, "session_refused", 401),  # another person's (valid) ticket: not this token's
+        ("forged", "session_refused", 401),  # a ticket the enclave did not issue
+    ],
+)
+async def test_a_session_the_enclave_did_not_issue_for_this_token_is_refused(
+    setup: Setup, ticket_of: int | str | None, outcome: str, status: int
+) -> None:
+    """Person 0's token, person 0's records: the ticket decides whose session it is."""
+    ticket = {
+        None: None,
+        1: setup.logins[1].grant.ticket,
+        "forged": setup.logins[0].grant.ticket[:-1] + b"\x00",
+    }[ticket_of]
+    cid, session = await open_channel(setup)
+    context = context_for(setup, "me", 0, ticket=ticket)
+    _, reply, answer = await call(setup, cid, session, inner("me", setup.token(0)), context)
+    assert reply.outcome == outcome and "ok" not in answer
+    assert answer["error"]["status"] == status  # type: ignore[index]
+
+
+async def test_a_valid_session_cannot_open_another_persons_records(setup: Setup) -> None:
+    """Person 1's own token and ticket, with person 0's pseudonym and records."""
+    cid, session = await open_channel(setup)
+    context = context_for(
+        setup, "me", 0, session=setup.token(1), ticket=setup.logins[1].grant.ticket
+    )
+    _, reply, answer = await call(setup, cid, session, inner("me", setup.token(1)), context)
+    assert reply.outcome == "foreign_data" and "ok" not in answer
+
+
+async def test_a_copied_ticket_does_not_make_another_token_a_session(setup: Setup) -> None:
+    """The host pairs person 1's ticket (and records) with a token of its own making."""
+    cid, session = await open_channel(setup)
+    made_up = setup.token(1)[:-4] + "AAAA"
+    context = replace(context_for(setup, "me", 1), session=made_up)
+    _, reply, answer = await call(setup, cid, session, inner("me", made_up), context)
+    assert reply.outcome == "session_refused" and "ok" not in answer
+
+
 async def test_records_of_another_pseudonym_are_refused(setup: Setup) -> None:
     cid, session = await open_channel(setup)
     foreign = context_for(setup, "me", 0, sealed=setup.people[1])
-    session, reply, answer = await call(setup, cid, session, inner("me", SESSION), foreign)
+    session, reply, answer = await call(setup, cid, session, inner("me", setup.token(0)), foreign)
     assert reply.outcome == "foreign_data" and "ok" not in answer
     # the right pseudonym on another person's (renamed) records: the vault refuses them
     renamed = replace(setup.people[1], pseudonym=setup.people[0].pseudonym)
     moved = context_for(setup, "me", 0, sealed=renamed)
-    _, reply, answer = await call(setup, cid, session, inner("me", SESSION), moved)
+    _, reply, answer = await call(setup, cid, session, inner("me", setup.token(0)), moved)
     assert reply.outcome == "foreign_data" and "ok" not in answer
 
 
 async def test_a_channel_serves_one_person_only(setup: Setup) -> None:
     cid, session = await open_channel(setup)
     session, reply, _ = await call(
-        setup, cid, session, inner("me", SESSION), context_for(setup, "me", 0)
+        setup, cid, session, inner("me", setup.token(0)), context_for(setup, "me", 0)
     )
     assert reply.outcome == api.VAU_OK
     _, reply, answer = await call(
-        setup, cid, session, inner("me", SESSION), context_for(setup, "me", 2)
+        setup, cid, session, inner("me", setup.token(2)), context_for(setup, "me", 2)
     )
     assert reply.outcome == "channel_bound" and "ok" not in answer
 
@@ -285,7 +345,7 @@ async def test_history_events_of_another_person_are_refused(setup: Setup) -> Non
         setup,
         cid,
         session,
-        inner("history", SESSION),
+        inner("history", setup.token(0)),
         context_for(setup, "history", 0, history=(mine,)),
     )
     assert answer["ok"] == {  # type: ignore[comparison-overlap]
@@ -295,7 +355,7 @@ async def test_history_events_of_another_person_are_refused(setup: Setup) -> Non
         setup,
         cid,
         session,
-        inner("history", SESSION),
+        inner("history", setup.token(0)),
         context_for(setup, "history", 0, history=(mine, theirs)),
     )
     assert reply.outcome == "foreign_data"
@@ -310,7 +370,7 @@ async def test_consent_claims_show_the_values_of_the_requested_claims(setup: Set
     args = (("client_id", "https://rp.example"), ("request_uri", "urn:r"))
     context = context_for(setup, "consent_claims", 2, args=args, claims=claims)
     plaintext = inner(
-        "consent_claims", SESSION, client_id="https://rp.example", request_uri="urn:r"
+        "consent_claims", setup.token(2), client_id="https://rp.example", request_uri="urn:r"
     )
     _, _, answer = await call(setup, cid, session, plaintext, context)
     row = ROWS[2]

@@ -13,7 +13,7 @@ async def test_migrations_match_schema_and_are_idempotent(db_url: str) -> None:
         assert await current_revision(engine) is None
         await upgrade(engine)
         await upgrade(engine)  # a second run changes nothing
-        assert await current_revision(engine) == "0003"
+        assert await current_revision(engine) == "0004"
         async with engine.connect() as conn:
             diff = await conn.run_sync(
                 lambda c: compare_metadata(MigrationContext.configure(c), metadata)

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
+import cbor2
+
 from healthid.protocol.audit import AuditEntry, SignedCheckpoint
 from healthid.protocol.oauth.token import TokenGrant
-from healthid.protocol.oidc.loa import Assurance
 
 TEE_SIMULATED = "simulated"
 MAX_REPORTED_ERRORS = 10_000  # errors listed per import; the rest are counted
@@ -34,6 +35,11 @@ class IdentityNotConfirmed(EnclaveError):  # noqa: N818 - a refusal, named as us
 
 class ProofRejected(EnclaveError):  # noqa: N818 - a refusal, named as users see it
     """The identity proof itself is invalid (bad signature, untrusted card, expired ...)."""
+
+
+class SessionRefused(EnclaveError):  # noqa: N818 - a refusal, named as users see it
+    """A proof ticket, device binding, login challenge or signature, or session ticket is
+    refused (see "enclave-vouched sessions"). The message names the check, nothing personal."""
 
 
 class UnknownImport(EnclaveError):  # noqa: N818 (a refusal, named after what is missing)
@@ -125,6 +131,11 @@ class IdentityMatch:
     pseudonym: str
     method: str
     new_lookup_indexes: tuple[tuple[str, bytes], ...] = ()  # e.g. the eID restricted-ID link
+    # the enclave's word that this pseudonym proved its identity by ``method`` at
+    # ``proofed_at``: what :meth:`EnclaveClient.bind_device` needs (see "Enclave-vouched
+    # sessions" below)
+    proof_ticket: bytes = field(default=b"", repr=False)
+    proofed_at: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,16 +175,150 @@ class SealedHistoryEvent:
 @dataclass(frozen=True, kw_only=True)
 class IdTokenRequest:
     """What the enclave needs to build, sign and encrypt one ID token (no personal data:
-    the claim values come from the sealed master data, opened inside)."""
+    the claim values come from the sealed master data, opened inside).
+
+    Whom and how strongly: the session ``ticket`` the enclave issued at the device login the
+    consent rests on (its pseudonym must be ``sealed``'s; ``auth_time`` and the assurance are
+    the ticket's, downgraded to single sign-on when ``single_sign_on`` or when the login is
+    older than a fresh one can be). For whom: ``rp_statements``, the relying party's trust
+    chain as fetched (the master's subordinate statement, the RP's entity configuration),
+    which an enclave with a pinned federation anchor verifies itself and takes the encryption
+    key from; ``rp_encryption_jwk`` is believed only by an enclave without one (development).
+    """
 
     sealed: SealedPolicyholder
     issuer: str
     grant: TokenGrant
-    assurance: Assurance
-    auth_time: int
+    ticket: bytes = field(repr=False)
+    single_sign_on: bool
     kid: str  # the active token signing key
     x5c: tuple[str, ...]  # its component-PKI chain
+    rp_statements: tuple[str, ...]
     rp_encryption_jwk: dict[str, object]
+
+
+# -- enclave-vouched sessions (issue #5: the host with root is not trusted) -----------------
+# The host stores devices and sessions, but it is not the host's word whose they are:
+# 1. identity proofing ends in the enclave, which answers a match with a *proof ticket*
+#    (MAC over pseudonym, method, time; short-lived);
+# 2. binding a device needs that ticket; the enclave returns a *binding*, a MAC over the
+#    pseudonym, the device id, the device key and what the login's assurance rests on, which
+#    the host stores with the device;
+# 3. a login signs a challenge the enclave issued (MAC'd, timed, single use inside the
+#    enclave); the enclave checks the binding and the signature itself and issues the session
+#    token and a *session ticket* (MAC over the token's hash, the pseudonym, the device, the
+#    login time, the assurance inputs and the expiry);
+# 4. every operation on a person's data checks the ticket: minting an ID token (whose
+#    pseudonym, which assurance), and the VAU channel's session operations (the wallet's token
+#    inside the channel must hash to the ticket's).
+# A host can therefore neither log in as a device it does not hold the key of, nor point a
+# session at another person, nor replay an old login signature. Tickets are MACs, not
+# ciphertext: what they carry is not personal (pseudonyms, ids, times), and the host reads it
+# with :func:`read_session_ticket`. The MAC keys derive from the root key, so every enclave
+# instance holding it accepts them.
+SESSION_TICKET_VERSION = 1
+TICKET_TAG_BYTES = 32  # HMAC-SHA-256
+MAX_SESSION_SECONDS = 12 * 60 * 60 + 300  # the longest SSO window (settings) plus a session
+MAX_LOGIN_CHALLENGES = 256  # challenges per login_challenges request
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionTicket:
+    """What a session ticket says (readable by the host; only the enclave can make one)."""
+
+    pseudonym: str
+    device_id: str
+    auth_time: int
+    expires_at: int
+    key_class: str
+    proofing_method: str
+    proofed_at: int
+    session_hash: bytes = field(repr=False)  # SHA-256 of the session token
+
+
+def read_session_ticket(ticket: bytes) -> SessionTicket:
+    """The fields of ``ticket`` without checking its MAC (the host's view; the enclave checks).
+
+    Raises ValueError for anything that is not a session ticket.
+    """
+    if len(ticket) <= TICKET_TAG_BYTES or len(ticket) > 1024:
+        raise ValueError("not a session ticket")
+    try:
+        fields_ = cbor2.loads(ticket[:-TICKET_TAG_BYTES])
+    except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError):
+        raise ValueError("not a session ticket") from None
+    if not (
+        isinstance(fields_, list) and len(fields_) == 9 and fields_[0] == SESSION_TICKET_VERSION
+    ):
+        raise ValueError("not a session ticket")
+    _, p, d, t, x, k, m, pa, h = fields_
+    if not (
+        all(isinstance(v, str) for v in (p, d, k, m))
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in (t, x, pa))
+        and isinstance(h, bytes)
+    ):
+        raise ValueError("not a session ticket")
+    return SessionTicket(
+        pseudonym=p,
+        device_id=d,
+        auth_time=t,
+        expires_at=x,
+        key_class=k,
+        proofing_method=m,
+        proofed_at=pa,
+        session_hash=h,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceBindingRequest:
+    """Bind a device key to the person a proof ticket names (the enrolment's last step)."""
+
+    proof_ticket: bytes = field(repr=False)
+    device_id: str
+    public_key: bytes  # SubjectPublicKeyInfo DER, P-256
+    key_class: str  # as the host verified the device attestation
+    attestation_format: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class BoundDeviceKey:
+    """The binding (store it with the device) and whom it binds to."""
+
+    pseudonym: str
+    proofing_method: str
+    proofed_at: int
+    binding: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoginRequest:
+    """A device's login: its stored record and binding, the enclave's challenge it signed."""
+
+    device_id: str
+    pseudonym: str
+    public_key: bytes
+    key_class: str
+    attestation_format: str
+    proofing_method: str
+    proofed_at: int
+    sign_count: int  # the stored counter (App Attest assertions must exceed it)
+    binding: bytes = field(repr=False)
+    challenge: bytes
+    counter: int
+    signature: bytes
+    session_ttl: int
+    owner: SealedPolicyholder | None  # to seal the login into the person's history
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoginGrant:
+    """A verified login: the session token (for the wallet), its ticket (for the host to keep
+    with the session) and the sealed history event of the login."""
+
+    session: str = field(repr=False)
+    ticket: bytes = field(repr=False)
+    history: SealedHistoryEvent | None
 
 
 class EnclaveClient(Protocol):
@@ -199,6 +344,18 @@ class EnclaveClient(Protocol):
 
     async def verify_policyholders(self, sealed: list[SealedPolicyholder]) -> list[str]:
         """Decrypt each policyholder's records; return the pseudonyms that fail integrity."""
+        ...
+
+    async def login_challenges(self, count: int) -> tuple[bytes, ...]:
+        """``count`` fresh login challenges (MAC'd and timed by the enclave, single use)."""
+        ...
+
+    async def bind_device(self, request: DeviceBindingRequest) -> BoundDeviceKey:
+        """Bind a device key to the person of ``request.proof_ticket``."""
+        ...
+
+    async def login(self, request: LoginRequest) -> LoginGrant:
+        """Verify a device login (binding, challenge, signature) and issue its session."""
         ...
 
     async def egk_prove(
@@ -348,7 +505,9 @@ class VauContext:
     ``op``, ``session`` and ``args`` are copied from the outer request's headers; the enclave
     refuses the request unless the encrypted inner request names the same op, carries the
     same device session token and the same routing arguments. ``pseudonym`` is whom the host
-    resolved ``session`` to; the sealed records must be that person's (``sealed``: master data
+    resolved ``session`` to, and ``ticket`` the session ticket the enclave issued for it at
+    login (the enclave checks that the wallet's token hashes to it and takes the person from
+    it); the sealed records must be that person's (``sealed``: master data
     and data key; ``history``: their sealed events). ``claims``: for ``consent_claims``, the
     pending authorization's requested claims. ``challenge``: for ``egk_prove``, the enrolment's
     challenge the card signed.
@@ -362,6 +521,7 @@ class VauContext:
     history: tuple[SealedHistoryEvent, ...] = ()
     claims: RequestedClaims | None = None
     challenge: bytes | None = None
+    ticket: bytes | None = field(default=None, repr=False)  # the session's (session ops)
 
 
 @dataclass(frozen=True, kw_only=True)

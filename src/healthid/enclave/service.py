@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 
 import cbor2
@@ -42,11 +42,22 @@ from healthid.enclave.registry.model import (
     Policyholder,
     name_birth_lookup_value,
 )
+from healthid.enclave.relying_parties import FederationAnchor, TrustedRelyingParties
 from healthid.enclave.sealing import SIMULATED_WARNING
+from healthid.enclave.sessions import Sessions
 from healthid.enclave.vau_endpoint import EnclaveAccess, VauEndpoint, wall_clock
 from healthid.enclave.vault import RootKey, Vault, VaultError, WrappedKey
+from healthid.protocol.attestation import AppleConfig
 from healthid.protocol.audit import SignedCheckpoint
 from healthid.protocol.egk import EgkError, verify_egk_authentication
+from healthid.protocol.oauth.authorize import AUTHORIZATION_CODE_TTL
+from healthid.protocol.oidc.loa import (
+    Assurance,
+    DeviceKeyClass,
+    ProofingMethod,
+    derive_assurance,
+    single_sign_on,
+)
 from healthid.protocol.tee import TeeAttestationError
 from healthid.protocol.vau import Environment
 
@@ -57,6 +68,9 @@ IDENTITY_ROLE = "identity"  # attestation claims: the enclave's identity key
 AUDIT_ROLE = "audit"  # ... and the key that signs audit checkpoints
 PENDING_IMPORT_TTL = 3600.0  # seconds a prepared import stays in enclave memory
 IMPORT_CHUNK = 2_000  # rows per unit of work handed to a worker process
+# A login older than this at the token request was not fresh at its consent (the host's
+# FRESH_LOGIN_SECONDS, 120 s, plus the code's lifetime): its token says single sign-on.
+FRESH_LOGIN_BOUND = 120 + AUTHORIZATION_CODE_TTL
 
 
 _ChunkResult = tuple[list[tuple[int, api.SealedPolicyholder]], list[api.RowError]]
@@ -107,8 +121,14 @@ class Enclave:
         audit: AuditSigner | None = None,
         evidence: EvidenceProvider | None = None,
         vau_clock: Callable[[], int] = wall_clock,
+        federation: FederationAnchor | None = None,
+        apple: AppleConfig | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._vault = vault
+        self._wall = wall
+        self._sessions = Sessions(vault, clock=wall, apple=apple)
+        self._relying_parties = None if federation is None else TrustedRelyingParties(federation)
         self._root = root
         self._workers = workers
         self._pool: ProcessPoolExecutor | None = None
@@ -306,7 +326,59 @@ class Enclave:
     async def match_identity(
         self, proof_id: str, candidates: list[api.SealedPolicyholder]
     ) -> api.IdentityMatch:
-        return self._proofing.match(proof_id, candidates)
+        match = self._proofing.match(proof_id, candidates)
+        now = int(self._wall())
+        return replace(
+            match,
+            proofed_at=now,
+            proof_ticket=self._sessions.proof_ticket(match.pseudonym, match.method, now),
+        )
+
+    # -- enclave-vouched sessions (api: "enclave-vouched sessions") -----------------------
+    async def login_challenges(self, count: int) -> tuple[bytes, ...]:
+        return self._sessions.challenges(count)
+
+    async def bind_device(self, request: api.DeviceBindingRequest) -> api.BoundDeviceKey:
+        return self._sessions.bind(request)
+
+    async def login(self, request: api.LoginRequest) -> api.LoginGrant:
+        token, ticket, fields = self._sessions.login(request)
+        history = None
+        if request.owner is not None and request.owner.wrapped_key is not None:
+            if request.owner.pseudonym != fields.pseudonym:
+                raise api.SessionRefused("the records are not this device's person's")
+            event = api.HistoryEvent(kind="login", at=fields.auth_time, device_id=fields.device_id)
+            history = await self.seal_history(request.owner, event)
+        return api.LoginGrant(session=token, ticket=ticket, history=history)
+
+    def _token_assurance(self, request: api.IdTokenRequest) -> tuple[str, Assurance, int]:
+        """Whom the token is for and how strongly, from the session ticket (not the host)."""
+        ticket = self._sessions.ticket(request.ticket)
+        if ticket.pseudonym != request.sealed.pseudonym:
+            raise api.SessionRefused("the records are not the logged-in person's")
+        try:
+            assurance = derive_assurance(
+                method=ProofingMethod(ticket.proofing_method),
+                key_class=DeviceKeyClass(ticket.key_class),
+                proofed_at=ticket.proofed_at,
+                now=ticket.auth_time,
+            )
+        except ValueError:
+            raise api.SessionRefused("the session ticket names an unknown assurance") from None
+        if request.single_sign_on or int(self._wall()) - ticket.auth_time > FRESH_LOGIN_BOUND:
+            assurance = single_sign_on(assurance)
+        return ticket.pseudonym, assurance, ticket.auth_time
+
+    def _recipient(self, request: api.IdTokenRequest) -> dict[str, object]:
+        """The relying party's encryption key: from its verified trust chain when this enclave
+        has a federation anchor; the host's word only without one (development)."""
+        if self._relying_parties is None:
+            return dict(request.rp_encryption_jwk)
+        return dict(
+            self._relying_parties.encryption_key(
+                request.grant.client_id, request.rp_statements, now=int(self._wall())
+            )
+        )
 
     async def seal_history(
         self, sealed: api.SealedPolicyholder, event: api.HistoryEvent
@@ -349,23 +421,25 @@ class Enclave:
     async def mint_id_token(self, request: api.IdTokenRequest) -> str:
         if self._token_signer is None:
             raise api.EnclaveError("no token signing key is configured")
+        pseudonym, assurance, auth_time = self._token_assurance(request)
+        recipient = self._recipient(request)
         try:
             holder = self.open_policyholder(request.sealed)
         except VaultError:  # a shredded, moved or altered record: nothing to put in a token
             raise api.EnclaveError("the policyholder's sealed data could not be opened") from None
         return id_token.mint(
             holder=holder,
-            pseudonym=request.sealed.pseudonym,
+            pseudonym=pseudonym,
             issuer=request.issuer,
             grant=request.grant,
-            assurance=request.assurance,
-            auth_time=request.auth_time,
+            assurance=assurance,
+            auth_time=auth_time,
             now=int(time.time()),
             today=self._today(),
             kid=request.kid,
             x5c=list(request.x5c),
             signer=self._token_signer,
-            rp_encryption_jwk=request.rp_encryption_jwk,
+            rp_encryption_jwk=recipient,
             blind_index=self._vault.blind_index,
         )
 
@@ -421,6 +495,7 @@ class Enclave:
                 open_history=self.open_history_events,
                 egk_prove=egk_prove,
                 today=self._today,
+                session_owner=lambda ticket, token: self._sessions.session(ticket, token).pseudonym,
             ),
             environment=(
                 Environment.TEST if self._tee == api.TEE_SIMULATED else Environment.PRODUCTION

@@ -22,17 +22,14 @@ session and the op's routing arguments in the outer request too and builds the
 :class:`~healthid.enclave.api.VauContext` from them; :func:`check_context` refuses a request
 whose inside says otherwise, and a channel serves one person only.
 
-**Limit — whose records.** The enclave checks that the records it opens belong to the
-pseudonym the context names (the vault's AEAD binds every record to its pseudonym) and that
-the wallet inside sent the device session the host resolved. It does not check that the
-session belongs to that pseudonym: device keys, their binding to a person and the login
-verification live on the host (host/wallet_service.py), so the host's word decides whose
-session it is. A host that cross-wires sessions, or mints a session for a device key it bound
-itself, can have the enclave answer another person's data into a channel it opened. A MAC by
-the enclave over (session hash, pseudonym, expiry) at login would not close this, because the
-login it would vouch for is the host's own. Closing it needs the enclave to bind device keys
-at enrolment (after its own identity proof) and to verify each login assertion itself; then
-it can issue and check such a session MAC.
+**Whose records.** The enclave checks that the records it opens belong to the pseudonym the
+context names (the vault's AEAD binds every record to its pseudonym), and that this is the
+person of the device session: the context carries the session ticket the enclave issued at
+the device login (healthid.enclave.sessions), and the token the wallet sent inside the channel
+must hash to it. A host cannot cross-wire sessions or make one up. (It still relays the
+wallet API's plain requests, which carry the session token: a host that copies a token from
+there can use it on a channel of its own while the session lives; see the enclave issue's
+note on moving session-bearing calls into the channel.)
 """
 
 from __future__ import annotations
@@ -138,6 +135,8 @@ class EnclaveAccess:
     ]
     egk_prove: Callable[[bytes, bytes, bytes, tuple[bytes, ...]], Awaitable[api.IdentityLookup]]
     today: Callable[[], date]
+    # the pseudonym of a session (its ticket, the token the wallet sent); raises if refused
+    session_owner: Callable[[bytes | None, str], str]
 
 
 def _bad(description: str) -> OpRefused:
@@ -455,6 +454,8 @@ class VauEndpoint:
         try:
             inner = parse_inner(request.plaintext)
             check_context(inner, context)
+            if inner.op in api.VAU_SESSION_OPS:
+                self._check_session(inner, context)
             channel = self._bind(cid, channel, inner, context)
             if inner.op == api.VAU_OP_STATUS:
                 result: CborValue = {"status": "ok", "expires_at": session.expires_at}
@@ -475,6 +476,20 @@ class VauEndpoint:
             _log.error("vau: %s failed with %s", context.op[:MAX_OP_CHARS], type(exc).__name__)
             plaintext = vau_cbor.encode({"error": _INTERNAL})
         return self._answer(cid, request.counter, plaintext, outcome, lookup)
+
+    def _check_session(self, inner: InnerRequest, context: api.VauContext) -> None:
+        """The session is one this enclave issued, for the token the wallet sent, and the
+        records are its person's."""
+        try:
+            owner = self._access.session_owner(context.ticket, inner.session)
+        except api.EnclaveError:
+            raise OpRefused(
+                401, "access_denied", "the device session is not valid", outcome="session_refused"
+            ) from None
+        if owner != context.pseudonym:
+            raise OpRefused(
+                403, "access_denied", "the records are not this person's", outcome="foreign_data"
+            )
 
     def _bind(
         self, cid: str, channel: _Channel, inner: InnerRequest, context: api.VauContext

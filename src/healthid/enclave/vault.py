@@ -109,6 +109,8 @@ class Vault:
         self._kek = AESGCM(_derive(root.secret, b"healthid/v1/key-encryption-key"))
         self._index_root = _derive(root.secret, b"healthid/v1/blind-index")
         self._index_macs: dict[str, hmac.HMAC] = {}
+        self._tag_root = _derive(root.secret, b"healthid/v1/enclave-tags")
+        self._tag_macs: dict[str, hmac.HMAC] = {}
         self._rng = rng
 
     @property
@@ -160,3 +162,18 @@ class Vault:
         mac = base.copy()  # copying the keyed state is ~10x cheaper than a fresh HMAC
         mac.update(normalised_value.encode("utf-8"))
         return mac.digest()
+
+    def tag(self, purpose: str, message: bytes) -> bytes:
+        """HMAC-SHA-256 of ``message`` under a per-purpose key only enclaves holding this root
+        key have: the enclave's word on something the host keeps (proofs, device bindings,
+        session tickets, login challenges)."""
+        base = self._tag_macs.get(purpose)
+        if base is None:
+            key = _derive(self._tag_root, b"purpose:" + purpose.encode("ascii"))
+            base = self._tag_macs[purpose] = hmac.new(key, digestmod=hashlib.sha256)
+        mac = base.copy()
+        mac.update(message)
+        return mac.digest()
+
+    def random(self, length: int) -> bytes:
+        return self._rng(length)

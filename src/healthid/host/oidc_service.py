@@ -14,6 +14,7 @@ import base64
 import functools
 import hashlib
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -25,6 +26,7 @@ from healthid.enclave.api import (
     EnclaveError,
     EnclaveUnavailable,
     IdTokenRequest,
+    SessionRefused,
 )
 from healthid.host.federation_api import TOKEN_PURPOSE, FederationPublisher
 from healthid.host.rate_limits import OidcLimits, RateLimit, RateLimiter, counter_key
@@ -32,6 +34,7 @@ from healthid.host.relying_parties import RelyingPartyError
 from healthid.host.wallet_service import TooManyRequests, WalletError, WalletService
 from healthid.protocol.audit import AuditKind, AuditOutcome
 from healthid.protocol.federation import ResolvedRelyingParty
+from healthid.protocol.jose.keys import b64url_decode
 from healthid.protocol.oauth import authorize, par, token
 from healthid.protocol.oauth.client import RegisteredClient
 from healthid.protocol.oauth.errors import (
@@ -43,7 +46,7 @@ from healthid.protocol.oauth.errors import (
     ServerError,
     TemporarilyUnavailableError,
 )
-from healthid.protocol.oidc.loa import AMR_SSO, Assurance
+from healthid.protocol.oidc.loa import AMR_SSO, Assurance, single_sign_on
 from healthid.store.ephemeral import EphemeralStore
 from healthid.store.sql.audit import AuditRecorder, AuditSink
 from healthid.store.sql.policyholders import PolicyholderRepository
@@ -54,18 +57,6 @@ SERVER_SIDE_REASONS = frozenset({"unreachable", "master_unusable"})
 # A device login younger than this counts as the login for this authorisation; an older one
 # (within the SSO window) is single sign-on.
 FRESH_LOGIN_SECONDS = 120
-
-
-def single_sign_on(assurance: Assurance) -> Assurance:
-    """The assurance of a silent SSO login (spec §6.2: amr sso in v1; v2 maps it to other
-    and adds interactive: silent)."""
-    return Assurance(
-        acr=assurance.acr,
-        amr_v1=(AMR_SSO,),
-        amr_v2=(AMR_SSO,),
-        reproof_due_at=assurance.reproof_due_at,
-        extra_claims_v2=assurance.extra_claims_v2,
-    )
 
 
 class SlowDown(TemporarilyUnavailableError):  # noqa: N818 - named after what it asks
@@ -89,6 +80,16 @@ def client_subject(client_id: str) -> str:
 
 
 T = TypeVar("T")
+
+# What we issue: a request_uri is the RFC 9126 URN and 43 base64url characters, a code 43
+# base64url characters. Anything else is unknown without asking the store (whose keys must be
+# printable and short: a malformed value would be refused there as a server-side error).
+_REQUEST_URI = re.compile(re.escape(par.REQUEST_URI_PREFIX) + r"[A-Za-z0-9_-]{43}")
+_CODE = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def _par_key(request_uri: str) -> str | None:
+    return f"par:{request_uri}" if _REQUEST_URI.fullmatch(request_uri) else None
 
 
 class RelyingPartyResolver(Protocol):
@@ -234,7 +235,8 @@ class OidcService:
     async def pending(self, query: Mapping[str, Sequence[str]]) -> par.ParRequest:
         """The PAR behind ``authorization_endpoint?client_id&request_uri`` (not consumed)."""
         request = authorize.parse_authorization_request(query)
-        raw = await self._store.get(f"par:{request.request_uri}")
+        key = _par_key(request.request_uri)
+        raw = None if key is None else await self._store.get(key)
         stored = None if raw is None else _load(par.ParRequest, raw)
         return authorize.check_authorization_request(request, stored, now=self._now())
 
@@ -249,10 +251,12 @@ class OidcService:
         except WalletError:
             session_keys = None  # refused below, once the request itself has been checked
         # one round trip: the PAR (single use) and the device session with its revocation mark
-        par_key = f"par:{request.request_uri}"
-        if session_keys is None:
+        par_key = _par_key(request.request_uri)
+        session_raw: list[bytes | None] = [None, None]
+        if par_key is None:
+            raw = None
+        elif session_keys is None:
             raw = await self._store.consume(par_key)
-            session_raw: list[bytes | None] = [None, None]
         else:
             raw, session_raw = await self._store.consume_and_get(par_key, list(session_keys))
         stored = None if raw is None else _load(par.ParRequest, raw)
@@ -299,6 +303,9 @@ class OidcService:
             "pseudonym": pseudonym,
             "assurance": _assurance_dict(assurance),
             "auth_time": auth_time,
+            # the enclave takes whom and how strongly from the login's ticket, not from here
+            "ticket": state["ticket"],
+            "sso": assurance.amr_v1 == (AMR_SSO,),
         }
         await self._store.put(
             f"code:{issued.code}", json.dumps(record).encode(), authorize.AUTHORIZATION_CODE_TTL
@@ -327,8 +334,12 @@ class OidcService:
         # the same round trip (only a redeemable code can spend a client's budget)
         token_limit = self._limits.token_per_client
         client_counter = counter_key("token_client", client_subject(request.client_id))
-        raw, redeemed = await self._store.consume_and_incr(
-            f"code:{request.code}", client_counter, token_limit.window
+        raw, redeemed = (
+            await self._store.consume_and_incr(
+                f"code:{request.code}", client_counter, token_limit.window
+            )
+            if _CODE.fullmatch(request.code)
+            else (None, None)
         )
         record = None if raw is None else json.loads(raw)
         issued = (
@@ -363,15 +374,18 @@ class OidcService:
                     sealed=sealed,
                     issuer=self._issuer,
                     grant=grant,
-                    assurance=assurance,
-                    auth_time=int(record["auth_time"]),
+                    ticket=b64url_decode(record["ticket"]),
+                    single_sign_on=bool(record["sso"]),
                     kid=token_key.kid,
                     x5c=tuple(self._publisher.token_x5c(dict(token_key.public_jwk))),
+                    rp_statements=rp.statements,
                     rp_encryption_jwk=dict(rp.keys.encryption_jwk),
                 )
             )
         except EnclaveUnavailable:
             raise  # 503 temporarily_unavailable
+        except SessionRefused:  # the login behind the code is not the enclave's (or expired)
+            raise InvalidGrantError("the login behind this code is no longer valid") from None
         except (ValueError, EnclaveError):
             raise ServerError("the ID token could not be built") from None
         answer = {

@@ -58,7 +58,7 @@ MAX_MASTER_CACHE_SECONDS: Final = 60 * 60
 # How long a refused client_id is answered from the cache without fetching again.
 NEGATIVE_CACHE_SECONDS: Final = 30
 # Version of the cached JSON; an entry of another version is a cache miss.
-CACHE_FORMAT_VERSION: Final = 1
+CACHE_FORMAT_VERSION: Final = 2
 
 WELL_KNOWN_FEDERATION_PATH: Final = "/.well-known/openid-federation"  # OpenID Federation §9
 _RP_KEY_PREFIX: Final = "federation:rp:"
@@ -149,6 +149,7 @@ def serialise_relying_party(rp: ResolvedRelyingParty) -> bytes:
         ),
         "id_token_versions_supported": list(rp.id_token_versions_supported),
         "metadata": _plain(rp.metadata),
+        "statements": list(rp.statements),
     }
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
@@ -175,6 +176,7 @@ def deserialise_relying_party(data: bytes) -> ResolvedRelyingParty | None:
             ),
             id_token_versions_supported=tuple(d["id_token_versions_supported"]),
             metadata=d["metadata"],
+            statements=tuple(str(s) for s in d["statements"]),
         )
     except (ValueError, KeyError, TypeError, binascii.Error):
         return None

@@ -176,7 +176,7 @@ class VauRelay:
         if op == api.VAU_OP_EGK_PROVE:
             challenge = await self._wallet.egk_challenge(named["enrolment_id"], ip=ip)
             return VauContext(op=op, args=args, challenge=challenge)
-        pseudonym, sealed = await self._wallet.person(session)  # 401 unless logged in
+        pseudonym, sealed, ticket = await self._wallet.person(session)  # 401 unless logged in
         history: tuple[api.SealedHistoryEvent, ...] = ()
         claims = None
         if op == api.VAU_OP_HISTORY:
@@ -196,6 +196,7 @@ class VauRelay:
             sealed=sealed,
             history=history,
             claims=claims,
+            ticket=ticket,
         )
 
     async def request(

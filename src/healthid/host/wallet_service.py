@@ -13,23 +13,24 @@ import json
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from healthid.enclave.api import (
+    DeviceBindingRequest,
     EnclaveClient,
     HistoryEvent,
     IdentityLookup,
     IdentityMatch,
+    LoginRequest,
     SealedHistoryEvent,
     SealedPolicyholder,
+    SessionRefused,
+    read_session_ticket,
 )
-from healthid.host.attestation import (
-    AttestationPolicy,
-    verify_device_attestation,
-    verify_login_assertion,
-)
+from healthid.host.attestation import AttestationPolicy, verify_device_attestation
 from healthid.host.rate_limits import (
     RateLimit,
     RateLimiter,
@@ -79,6 +80,11 @@ _DEVICE_ID = re.compile(f"[0-9a-f]{{{2 * DEVICE_ID_BYTES}}}")
 _SESSION_SECRET = re.compile(r"[A-Za-z0-9_-]{43}")  # token_urlsafe(32)
 _ENROLMENT_ID = re.compile(r"[A-Za-z0-9_-]{24}")  # token_urlsafe(18)
 DEVICE_CACHE_TTL = 600  # seconds a device's public record is cached for logins
+# Login challenges come from the enclave (it vouches for them and spends each once), fetched
+# this many at a time; one older than CHALLENGE_POOL_AGE is not handed out (the enclave
+# accepts a challenge for 180 s: this plus AUTH_CHALLENGE_TTL, with room to spare).
+CHALLENGE_POOL = 64
+CHALLENGE_POOL_AGE = 30
 
 
 IDENTITY_NOT_CONFIRMED = "the identity could not be confirmed"
@@ -132,6 +138,7 @@ class WalletService:
         self._limits = limits or WalletLimits()
         self._rate = RateLimiter(ephemeral)
         self._clock = clock
+        self._challenges: deque[tuple[float, bytes]] = deque()
 
     def _now(self) -> int:
         return int(self._clock())
@@ -293,7 +300,12 @@ class WalletService:
     async def _record_proof(
         self, enrolment_id: str, state: dict[str, Any], match: IdentityMatch
     ) -> None:
-        state |= {"pseudonym": match.pseudonym, "method": match.method, "proofed_at": self._now()}
+        state |= {
+            "pseudonym": match.pseudonym,
+            "method": match.method,
+            "proofed_at": match.proofed_at,
+            "proof_ticket": b64url_encode(match.proof_ticket),
+        }
         self._event(AuditKind.IDENTITY_PROOF, actor=match.pseudonym, method=match.method)
         remaining = max(1, ENROLMENT_TTL - (self._now() - int(state["started"])))
         await self._put(f"enrol:{enrolment_id}", state, remaining)
@@ -331,7 +343,20 @@ class WalletService:
             public_key=public_key,
             challenge=b64url_decode(state["challenge"]),
         )
-        pseudonym = state["pseudonym"]
+        device_id = secrets.token_hex(DEVICE_ID_BYTES)
+        try:  # the enclave binds the key to the person its own proof named
+            bound = await self._enclave.bind_device(
+                DeviceBindingRequest(
+                    proof_ticket=b64url_decode(state.get("proof_ticket", "")),
+                    device_id=device_id,
+                    public_key=public_key,
+                    key_class=attested.key_class,
+                    attestation_format=attestation_format,
+                )
+            )
+        except SessionRefused as exc:
+            raise Forbidden(str(exc)) from None
+        pseudonym = bound.pseudonym
         if not replace_devices and (
             await self._devices.count_active(pseudonym) >= MAX_DEVICES_PER_PERSON
         ):
@@ -339,15 +364,16 @@ class WalletService:
         now = self._now()
         before = {d.device_id for d in await self._devices.list_for(pseudonym) if d.active}
         device = DeviceRecord(
-            device_id=secrets.token_hex(DEVICE_ID_BYTES),
+            device_id=device_id,
             pseudonym=pseudonym,
             key_class=attested.key_class,
             attestation_format=attestation_format,
             public_key=public_key,
             sign_count=attested.sign_count,
-            proofing_method=state["method"],
-            proofed_at=int(state["proofed_at"]),
+            proofing_method=bound.proofing_method,
+            proofed_at=bound.proofed_at,
             created_at=now,
+            binding=bound.binding,
         )
         kind = "recovered" if replace_devices else "enrolled"
         revoked_ids = sorted(before) if replace_devices else []
@@ -401,7 +427,7 @@ class WalletService:
         self, device_id: str, *, ip: str, context: str = ""
     ) -> tuple[str, bytes]:
         challenge_id = secrets.token_urlsafe(18)
-        challenge = secrets.token_bytes(device_auth.CHALLENGE_BYTES)
+        challenge = await self._enclave_challenge()
         state = {"device_id": device_id, "challenge": b64url_encode(challenge), "context": context}
         await self._rate.take_and_put(
             "chal_ip",
@@ -412,6 +438,16 @@ class WalletService:
             AUTH_CHALLENGE_TTL,
         )
         return challenge_id, challenge
+
+    async def _enclave_challenge(self) -> bytes:
+        """A login challenge the enclave made (from this worker's pool)."""
+        pool, now = self._challenges, self._clock()
+        while pool and now - pool[0][0] > CHALLENGE_POOL_AGE:
+            pool.popleft()
+        if not pool:
+            fresh = await self._enclave.login_challenges(CHALLENGE_POOL)
+            pool.extend((now, c) for c in fresh)
+        return pool.popleft()[1]
 
     async def login(
         self, *, challenge_id: str, device_id: str, counter: int, signature: bytes, ip: str
@@ -457,8 +493,15 @@ class WalletService:
         key = f"devrec:{device_id}"
         if cached is not None:
             doc = json.loads(cached)
+            stored = doc["device"]
             device = DeviceRecord(
-                **(doc["device"] | {"public_key": b64url_decode(doc["device"]["public_key"])})
+                **(
+                    stored
+                    | {
+                        "public_key": b64url_decode(stored["public_key"]),
+                        "binding": b64url_decode(stored["binding"]) if stored["binding"] else None,
+                    }
+                )
             )
             wrapped = b64url_decode(doc["wrapped_key"]) if doc["wrapped_key"] else None
             return device, doc["root_key_id"], wrapped
@@ -467,7 +510,11 @@ class WalletService:
             return found
         device, root_key_id, wrapped = found
         doc = {
-            "device": device.__dict__ | {"public_key": b64url_encode(device.public_key)},
+            "device": device.__dict__
+            | {
+                "public_key": b64url_encode(device.public_key),
+                "binding": b64url_encode(device.binding) if device.binding else None,
+            },
             "root_key_id": root_key_id,
             "wrapped_key": b64url_encode(wrapped) if wrapped else None,
         }
@@ -487,34 +534,15 @@ class WalletService:
         if raw is None:
             raise Unauthorized("unknown, expired or already used challenge")
         state = dict(json.loads(raw))
-        if not secrets.compare_digest(state["device_id"], device_id):
+        if not secrets.compare_digest(state["device_id"].encode(), device_id.encode()):
             raise failed
         found = await self._device_for_login(device_id, cached)
         if found is None or not found[0].active:
             raise failed
         device, root_key_id, wrapped_key = found
-        try:
-            signed = device_auth.message(b64url_decode(state["challenge"]), device_id, counter)
-            if (
-                verify_login_assertion(
-                    self._attestation,
-                    fmt=device.attestation_format,
-                    public_key=device.public_key,
-                    signed=signed,
-                    signature=signature,
-                    counter=counter,
-                    stored_counter=device.sign_count,
-                )
-                is not None
-            ):
-                valid = True  # App Attest assertion: signature and counter verified
-            else:
-                valid = device_auth.verify(device.public_key, signed, signature)
-        except device_auth.DeviceAuthError:
-            raise failed from None
-        if not valid:
-            raise failed
-        entry = None
+        if device.binding is None:
+            raise failed  # bound before the enclave vouched for bindings: recover the account
+        owner = None
         if wrapped_key is not None:
             owner = SealedPolicyholder(
                 pseudonym=device.pseudonym,
@@ -523,8 +551,31 @@ class WalletService:
                 wrapped_key=wrapped_key,
                 records=(),
             )
-            event = HistoryEvent(kind="login", at=self._now(), device_id=device_id)
-            sealed = await self._enclave.seal_history(owner, event)
+        try:  # the enclave checks the binding, its challenge and the signature
+            grant = await self._enclave.login(
+                LoginRequest(
+                    device_id=device_id,
+                    pseudonym=device.pseudonym,
+                    public_key=device.public_key,
+                    key_class=device.key_class,
+                    attestation_format=device.attestation_format,
+                    proofing_method=device.proofing_method,
+                    proofed_at=device.proofed_at,
+                    sign_count=device.sign_count,
+                    binding=device.binding,
+                    challenge=b64url_decode(state["challenge"]),
+                    counter=counter,
+                    signature=signature,
+                    session_ttl=self._session_ttl,
+                    owner=owner,
+                )
+            )
+        except SessionRefused:
+            raise failed from None
+        ticket = read_session_ticket(grant.ticket)
+        entry = None
+        if grant.history is not None:
+            sealed = grant.history
             entry = HistoryEntry(
                 event_id=sealed.event_id, created_at=sealed.created_at, ciphertext=sealed.ciphertext
             )
@@ -532,8 +583,8 @@ class WalletService:
             device_id, counter, device.pseudonym, entry
         ):
             raise failed  # a counter that did not go up (replay / clone), or just revoked
-        now = self._now()
-        session = f"{device_id}.{secrets.token_urlsafe(32)}"
+        now = ticket.auth_time
+        session = grant.session
         await self._put(
             f"devsess:{session}",
             {
@@ -544,6 +595,8 @@ class WalletService:
                 "key_class": device.key_class,
                 "proofing_method": device.proofing_method,
                 "proofed_at": device.proofed_at,
+                # the enclave's word on all of the above (checked where it matters)
+                "ticket": b64url_encode(grant.ticket),
             },
             self._session_ttl,
         )
@@ -636,14 +689,15 @@ class WalletService:
         return len(await self._devices.list_history(state["pseudonym"]))
 
     # -- the VAU channel's context (host/vau_api.py) ------------------------------------------
-    async def person(self, session: str) -> tuple[str, SealedPolicyholder]:
-        """Whom a device session belongs to, and their sealed records (for the enclave)."""
+    async def person(self, session: str) -> tuple[str, SealedPolicyholder, bytes]:
+        """Whom a device session belongs to, their sealed records and the session's ticket
+        (for the enclave, which checks the ticket against the token the wallet sent it)."""
         state = await self._session(session)
         pseudonym = str(state["pseudonym"])
         sealed = await self._policyholders.get(pseudonym)
         if sealed is None or sealed.wrapped_key is None:
             raise NotFound("no records for this account")
-        return pseudonym, sealed
+        return pseudonym, sealed, b64url_decode(state["ticket"])
 
     async def sealed_history(self, pseudonym: str) -> tuple[SealedHistoryEvent, ...]:
         """The person's sealed history events, newest first (as many as the store lists)."""

@@ -22,14 +22,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from healthid.demo.egk_test_ca import TestCard, TestEgkCa
 from healthid.demo.synthetic import FIELDS, synthetic_rows
-from healthid.enclave.api import EnclaveClient, IdTokenRequest, SealedPolicyholder
+from healthid.enclave.api import (
+    EnclaveClient,
+    IdTokenRequest,
+    SealedPolicyholder,
+)
 from healthid.enclave.service import Enclave
 from healthid.keys.file import FileKeyStore
 from healthid.protocol.jose.keys import public_jwk
 from healthid.protocol.oauth.token import TokenGrant
-from healthid.protocol.oidc.loa import ACR_HIGH, AMR_EGK, Assurance
 from healthid.runtime import EGK_TEST_CA_DIR, build_enclave
 from healthid.settings import Settings, load_settings
+from session_testlib import LoggedIn, log_in_with_card
 
 READY_TIMEOUT = 60.0  # seconds for `python -m healthid.enclave_cli` to listen (2 busy cores)
 RP = "https://rp.example"
@@ -184,8 +188,20 @@ def egk_card(settings: Settings, person: Person) -> TestCard:
     return egk_ca(settings).issue_card(person.kvnr, "109500969", person.given_name, "Test")
 
 
+async def log_in(
+    enclave: EnclaveClient, settings: Settings, sealed: SealedPolicyholder, person: Person
+) -> LoggedIn:
+    """What the wallet service does with the enclave: eGK proof, match, bind, login."""
+    return await log_in_with_card(enclave, sealed, egk_card(settings, person))
+
+
 def id_token_request(
-    sealed: SealedPolicyholder, *, kid: str, rp_key: ec.EllipticCurvePrivateKey, nonce: str
+    sealed: SealedPolicyholder,
+    *,
+    ticket: bytes,
+    kid: str,
+    rp_key: ec.EllipticCurvePrivateKey,
+    nonce: str,
 ) -> IdTokenRequest:
     return IdTokenRequest(
         sealed=sealed,
@@ -193,11 +209,10 @@ def id_token_request(
         grant=TokenGrant(
             client_id=RP, nonce=nonce, id_token_version="1.0.0", consented_claims=CLAIMS
         ),
-        assurance=Assurance(
-            acr=ACR_HIGH, amr_v1=(AMR_EGK,), amr_v2=(AMR_EGK,), reproof_due_at=2_000_000_000
-        ),
-        auth_time=int(time.time()),
+        ticket=ticket,
+        single_sign_on=False,
         kid=kid,
         x5c=(),
+        rp_statements=(),
         rp_encryption_jwk=dict(public_jwk(rp_key.public_key(), kid="rp-enc", use="enc")),
     )

@@ -25,13 +25,16 @@ from rpc_testlib import (
     id_token_request,
     import_people,
     in_process,
+    log_in,
     people,
     registry_csv,
     short_socket_dir,
 )
 
 from healthid.enclave.api import (
+    MAX_LOGIN_CHALLENGES,
     AuditCheckpointRequest,
+    DeviceBindingRequest,
     EnclaveClient,
     EnclaveError,
     EnclaveStatus,
@@ -39,7 +42,9 @@ from healthid.enclave.api import (
     IdentityNotConfirmed,
     ProofRejected,
     SealedPolicyholder,
+    SessionRefused,
     UnknownImport,
+    read_session_ticket,
 )
 from healthid.enclave.rpc import RemoteEnclave
 from healthid.enclave.service import IMPORT_CHUNK
@@ -49,6 +54,7 @@ from healthid.protocol.audit import GENESIS_HASH, AuditEvent, AuditKind, chain
 from healthid.protocol.jose import decrypt_id_token, verify_compact
 from healthid.protocol.jose.errors import UnsuitableKey
 from healthid.protocol.jose.jws import TYP_ID_TOKEN
+from healthid.protocol.oidc.loa import ACR_SUBSTANTIAL, AMR_MEW, AMR_SSO
 from healthid.protocol.tee import (
     NonceMismatchError,
     SimulatedEvidenceRejectedError,
@@ -56,6 +62,7 @@ from healthid.protocol.tee import (
     verify_attestation_document,
 )
 from healthid.settings import Settings
+from session_testlib import login_request, spki
 
 TRANSPORTS = ["in-process", "remote"]
 
@@ -259,30 +266,149 @@ async def test_mint_id_token_signs_and_encrypts_for_the_relying_party(
     enclave: EnclaveClient, settings: Settings
 ) -> None:
     (erika,) = await import_people(enclave, 1)
+    done = await log_in(enclave, settings, erika, people(1)[0])
     keys = FileKeyStore(settings.data_dir / "keys")
     kid = keys.generate("token").kid
     rp_key = ec.generate_private_key(ec.SECP256R1())
-    jwe = await enclave.mint_id_token(id_token_request(erika, kid=kid, rp_key=rp_key, nonce="n-1"))
+    request = id_token_request(erika, ticket=done.grant.ticket, kid=kid, rp_key=rp_key, nonce="n-1")
+    jwe = await enclave.mint_id_token(request)
     inner = decrypt_id_token(jwe, private_key=rp_key)
     claims = verify_compact(inner, jwks={"keys": [keys.public_jwk(kid)]}, typ=TYP_ID_TOKEN).claims
     assert claims["aud"] == RP and claims["nonce"] == "n-1"
     assert claims["urn:telematik:claims:id"] == people(1)[0].kvnr
+    # whom and how strongly: the login's (eGK proof, software key: substantial)
+    assert claims["auth_time"] == read_session_ticket(done.grant.ticket).auth_time
+    assert claims["acr"] == ACR_SUBSTANTIAL and claims["amr"] == [AMR_MEW]
     header = json.loads(base64.urlsafe_b64decode(inner.split(".")[0] + "=="))
     assert header["kid"] == kid
+    sso = await enclave.mint_id_token(replace(request, single_sign_on=True))
+    sso_claims = verify_compact(
+        decrypt_id_token(sso, private_key=rp_key),
+        jwks={"keys": [keys.public_jwk(kid)]},
+        typ=TYP_ID_TOKEN,
+    ).claims
+    assert sso_claims["amr"] == [AMR_SSO]
 
 
 async def test_mint_id_token_refuses_an_unsuitable_rp_key(
     enclave: EnclaveClient, settings: Settings
 ) -> None:
     (erika,) = await import_people(enclave, 1)
+    done = await log_in(enclave, settings, erika, people(1)[0])
     kid = FileKeyStore(settings.data_dir / "keys").generate("token").kid
     request = id_token_request(
-        erika, kid=kid, rp_key=ec.generate_private_key(ec.SECP256R1()), nonce="n"
+        erika,
+        ticket=done.grant.ticket,
+        kid=kid,
+        rp_key=ec.generate_private_key(ec.SECP256R1()),
+        nonce="n",
     )
     jwk = dict(request.rp_encryption_jwk)
     del jwk["kid"]
     with pytest.raises(UnsuitableKey, match=r"^the RP's encryption key has no kid$"):
         await enclave.mint_id_token(replace(request, rp_encryption_jwk=jwk))
+
+
+# -- a host with root: what it cannot make the enclave do ---------------------------------------
+async def test_a_token_for_another_persons_records_is_refused(
+    enclave: EnclaveClient, settings: Settings
+) -> None:
+    """The host holds Erika's session ticket and Max's sealed records: no token for Max."""
+    erika, max_ = await import_people(enclave, 2)
+    done = await log_in(enclave, settings, erika, people(2)[0])
+    kid = FileKeyStore(settings.data_dir / "keys").generate("token").kid
+    rp_key = ec.generate_private_key(ec.SECP256R1())
+    request = id_token_request(max_, ticket=done.grant.ticket, kid=kid, rp_key=rp_key, nonce="n")
+    with pytest.raises(SessionRefused, match=r"^the records are not the logged-in person's$"):
+        await enclave.mint_id_token(request)
+
+
+@pytest.mark.parametrize("forgery", ["made up", "altered", "truncated", "another purpose"])
+async def test_a_session_ticket_the_enclave_did_not_issue_is_refused(
+    enclave: EnclaveClient, settings: Settings, forgery: str
+) -> None:
+    (erika,) = await import_people(enclave, 1)
+    done = await log_in(enclave, settings, erika, people(1)[0])
+    ticket = done.grant.ticket
+    forged = {
+        "made up": b"\x89" + os.urandom(120),
+        # the same fields with a later expiry: the MAC no longer fits
+        "altered": ticket.replace(
+            read_session_ticket(ticket).expires_at.to_bytes(4, "big"),
+            (read_session_ticket(ticket).expires_at + 86400).to_bytes(4, "big"),
+        ),
+        "truncated": ticket[:-1],
+        "another purpose": done.binding.binding * 3,
+    }[forgery]
+    assert forged != ticket
+    kid = FileKeyStore(settings.data_dir / "keys").generate("token").kid
+    request = id_token_request(
+        erika, ticket=forged, kid=kid, rp_key=ec.generate_private_key(ec.SECP256R1()), nonce="n"
+    )
+    with pytest.raises(SessionRefused):
+        await enclave.mint_id_token(request)
+
+
+async def test_a_device_bound_to_another_person_cannot_log_in(
+    enclave: EnclaveClient, settings: Settings
+) -> None:
+    """The host rewrites the device row to point at Max: the binding no longer fits."""
+    erika, max_ = await import_people(enclave, 2)
+    done = await log_in(enclave, settings, erika, people(2)[0])
+    (challenge,) = await enclave.login_challenges(1)
+    moved = replace(login_request(done, challenge, counter=2), pseudonym=max_.pseudonym, owner=max_)
+    with pytest.raises(SessionRefused, match=r"^the device is not bound by this enclave$"):
+        await enclave.login(moved)
+    # nor with the host's own key in place of the device's
+    other = ec.generate_private_key(ec.SECP256R1())
+    swapped = replace(done, device_key=other)
+    with pytest.raises(SessionRefused, match=r"^the device is not bound by this enclave$"):
+        await enclave.login(login_request(swapped, challenge, counter=2))
+    # the challenge was not spent by the refusals: the real device still logs in with it
+    grant = await enclave.login(login_request(done, challenge, counter=2))
+    assert read_session_ticket(grant.ticket).pseudonym == erika.pseudonym
+
+
+async def test_a_login_signature_cannot_be_replayed_or_made_over_a_host_challenge(
+    enclave: EnclaveClient, settings: Settings
+) -> None:
+    (erika,) = await import_people(enclave, 1)
+    done = await log_in(enclave, settings, erika, people(1)[0])
+    (challenge,) = await enclave.login_challenges(1)
+    request = login_request(done, challenge, counter=2)
+    await enclave.login(request)
+    with pytest.raises(SessionRefused, match=r"^the challenge was already used$"):
+        await enclave.login(request)
+    host_made = os.urandom(32)  # a challenge the host chose (to have a signature over it later)
+    with pytest.raises(SessionRefused, match=r"^the challenge was not issued by this enclave$"):
+        await enclave.login(login_request(done, host_made, counter=3))
+    bad = replace(login_request(done, (await enclave.login_challenges(1))[0], counter=3))
+    with pytest.raises(SessionRefused, match=r"^device authentication failed$"):
+        await enclave.login(replace(bad, signature=bytes(64)))
+
+
+async def test_a_device_binding_needs_the_enclaves_own_proof(
+    enclave: EnclaveClient, settings: Settings
+) -> None:
+    (erika,) = await import_people(enclave, 1)
+    done = await log_in(enclave, settings, erika, people(1)[0])
+    request = DeviceBindingRequest(
+        proof_ticket=done.grant.ticket,  # a valid MAC, but for another purpose
+        device_id="0" * 32,
+        public_key=spki(ec.generate_private_key(ec.SECP256R1())),
+        key_class="software",
+        attestation_format="healthid-software",
+    )
+    with pytest.raises(SessionRefused, match=r"^the proof ticket was not issued by this enclave$"):
+        await enclave.bind_device(request)
+
+
+async def test_login_challenges_are_bounded(enclave: EnclaveClient) -> None:
+    challenges = await enclave.login_challenges(MAX_LOGIN_CHALLENGES)
+    assert len(set(challenges)) == MAX_LOGIN_CHALLENGES
+    assert all(len(c) == 32 for c in challenges)
+    with pytest.raises(EnclaveError):
+        await enclave.login_challenges(MAX_LOGIN_CHALLENGES + 1)
 
 
 # -- attestation and the audit witness --------------------------------------------------------

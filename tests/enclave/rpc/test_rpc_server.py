@@ -19,6 +19,7 @@ from rpc_testlib import (
     id_token_request,
     import_people,
     in_process,
+    log_in,
     people,
     registry_csv,
 )
@@ -325,6 +326,8 @@ async def test_fifty_concurrent_mixed_requests_over_one_client_never_cross(
     kid = keys.generate("token").kid
     rp_key = ec.generate_private_key(ec.SECP256R1())
     cards = [egk_card(settings, p) for p in who]
+    # sessions made by the in-process enclave: the same root key, so the process accepts them
+    tickets = [(await log_in(local, settings, sealed[j], who[j])).grant.ticket for j in range(10)]
 
     async def one(i: int) -> None:
         j = i % 10
@@ -344,7 +347,9 @@ async def test_fifty_concurrent_mixed_requests_over_one_client_never_cross(
             match = await remote.match_identity(lookup.proof_id, [sealed[j]])
             assert match.pseudonym == sealed[j].pseudonym
         elif kind == 2:
-            request = id_token_request(sealed[j], kid=kid, rp_key=rp_key, nonce=f"n-{i}")
+            request = id_token_request(
+                sealed[j], ticket=tickets[j], kid=kid, rp_key=rp_key, nonce=f"n-{i}"
+            )
             jwe = await remote.mint_id_token(request)
             inner = decrypt_id_token(jwe, private_key=rp_key)
             payload = inner.split(".")[1]

@@ -8,12 +8,20 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import cbor2
 import pytest
-from rpc_testlib import EnclaveProcess, enclave_settings, import_people, short_socket_dir
+from rpc_testlib import (
+    EnclaveProcess,
+    enclave_settings,
+    import_people,
+    log_in,
+    people,
+    short_socket_dir,
+)
 
 from healthid.enclave.api import VauContext
 from healthid.enclave.rpc import RemoteEnclave
@@ -29,7 +37,6 @@ from healthid.protocol.vau import cbor as vau_cbor
 from healthid.settings import Settings
 
 POLICY = TeePolicy(mrsigners=frozenset({b"\x01" * 32}), isv_prod_id=1)
-SESSION = "c" * 32 + "." + "T" * 43
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +101,18 @@ async def test_the_channel_runs_through_the_enclave_process(
     session = client.receive_m4(config, confirmation, finished.body)
 
     sealed = (await import_people(remote, 1, seed=71))[0]
-    plaintext = vau_cbor.encode({"op": "me", "session": SESSION, "args": {}})
+    done = await log_in(remote, settings, sealed, people(1, seed=71)[0])
+    token = done.grant.session
+    plaintext = vau_cbor.encode({"op": "me", "session": token, "args": {}})
     session, message = client.encrypt_request(config, session, plaintext)
-    context = VauContext(op="me", session=SESSION, pseudonym=sealed.pseudonym, sealed=sealed)
+    context = VauContext(op="me", session=token, pseudonym=sealed.pseudonym, sealed=sealed)
+    # without the enclave's session ticket, the host's word on whose session it is is not enough
+    answered = await remote.vau_request(reply.cid, message, context)
+    assert answered.status == 200 and answered.outcome == "session_refused"
+    session, raw = client.decrypt_response(config, session, answered.body)
+    assert cbor2.loads(raw)["error"]["status"] == 401
+    session, message = client.encrypt_request(config, session, plaintext)
+    context = replace(context, ticket=done.grant.ticket)
     answered = await remote.vau_request(reply.cid, message, context)
     assert answered.status == 200 and answered.outcome == "ok"
     session, raw = client.decrypt_response(config, session, answered.body)

@@ -318,6 +318,19 @@ class RemoteEnclave:
         result = await self._call("match_identity", args)
         return schema.decode_identity_match(result, "match_identity")
 
+    async def login_challenges(self, count: int) -> tuple[bytes, ...]:
+        result = await self._call("login_challenges", {"count": count})
+        return schema.array(result, "login_challenges", schema.blob)
+
+    async def bind_device(self, request: api.DeviceBindingRequest) -> api.BoundDeviceKey:
+        args: dict[str, object] = {"request": schema.encode_binding_request(request)}
+        result = await self._call("bind_device", args)
+        return schema.decode_bound_device_key(result, "bind_device")
+
+    async def login(self, request: api.LoginRequest) -> api.LoginGrant:
+        args: dict[str, object] = {"request": schema.encode_login_request(request)}
+        return schema.decode_login_grant(await self._call("login", args), "login")
+
     async def seal_history(
         self, sealed: api.SealedPolicyholder, event: api.HistoryEvent
     ) -> api.SealedHistoryEvent:

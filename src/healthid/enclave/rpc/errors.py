@@ -12,6 +12,7 @@ from typing import Final
 
 from healthid.enclave import api
 from healthid.enclave.vault import RecordIntegrityError, VaultError, WrongRootKeyError
+from healthid.keys.base import KeyStoreUnavailable
 from healthid.protocol.jose.errors import JoseError, TokenTooLarge, UnsuitableKey
 from healthid.protocol.oauth.errors import ServerError
 
@@ -47,6 +48,7 @@ ERROR_CLASSES: Final[dict[str, type[Exception]]] = {
     "enclave_error": api.EnclaveError,
     "identity_not_confirmed": api.IdentityNotConfirmed,
     "proof_rejected": api.ProofRejected,
+    "session_refused": api.SessionRefused,
     "unknown_import": api.UnknownImport,
     "unavailable": api.EnclaveUnavailable,
     "vault_error": VaultError,
@@ -58,6 +60,8 @@ ERROR_CLASSES: Final[dict[str, type[Exception]]] = {
     "jose_unsuitable_key": UnsuitableKey,
     "jose_token_too_large": TokenTooLarge,
     "server_error": ServerError,
+    # the token key's store (the HSM) cannot sign just now: the host answers 503
+    "key_store_unavailable": KeyStoreUnavailable,
     RpcError.code: RpcError,
     FrameTooLarge.code: FrameTooLarge,
     UnknownMethod.code: UnknownMethod,

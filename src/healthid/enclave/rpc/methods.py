@@ -146,6 +146,20 @@ async def _match_identity(s: Session, a: Fields) -> object:
     return schema.encode_identity_match(await s.enclave.match_identity(proof_id, candidates))
 
 
+async def _login_challenges(s: Session, a: Fields) -> object:
+    return list(await s.enclave.login_challenges(a.count("count")))
+
+
+async def _bind_device(s: Session, a: Fields) -> object:
+    request = a.get("request", schema.decode_binding_request)
+    return schema.encode_bound_device_key(await s.enclave.bind_device(request))
+
+
+async def _login(s: Session, a: Fields) -> object:
+    request = a.get("request", schema.decode_login_request)
+    return schema.encode_login_grant(await s.enclave.login(request))
+
+
 async def _seal_history(s: Session, a: Fields) -> object:
     sealed = a.get("sealed", schema.decode_sealed_policyholder)
     event = a.get("event", schema.decode_history_event)
@@ -249,6 +263,9 @@ METHODS: Final[dict[str, Method]] = {
         _method("eid_start", (), _eid_start),
         _method("eid_collect", ("handle",), _eid_collect),
         _method("match_identity", ("proof_id", "candidates"), _match_identity),
+        _method("login_challenges", ("count",), _login_challenges),
+        _method("bind_device", ("request",), _bind_device),
+        _method("login", ("request",), _login),
         _method("seal_history", ("sealed", "event"), _seal_history),
         _method("mint_id_token", ("request",), _mint_id_token),
         _method("attest", ("nonce",), _attest),

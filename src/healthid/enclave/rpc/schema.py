@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Mapping
-from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
 from healthid.enclave import api
@@ -28,7 +27,6 @@ from healthid.protocol.audit import (
     details_json,
 )
 from healthid.protocol.oauth.token import TokenGrant
-from healthid.protocol.oidc.loa import Assurance
 
 T = TypeVar("T")
 Decoder = Callable[[object, str], T]
@@ -322,15 +320,124 @@ def encode_identity_match(value: api.IdentityMatch) -> dict[str, object]:
         "pseudonym": value.pseudonym,
         "method": value.method,
         "new_lookup_indexes": _pairs(value.new_lookup_indexes),
+        "proof_ticket": value.proof_ticket,
+        "proofed_at": value.proofed_at,
     }
 
 
 def decode_identity_match(value: object, what: str = "IdentityMatch") -> api.IdentityMatch:
-    f = Fields(value, what, ("pseudonym", "method", "new_lookup_indexes"))
+    f = Fields(
+        value, what, ("pseudonym", "method", "new_lookup_indexes", "proof_ticket", "proofed_at")
+    )
     return api.IdentityMatch(
         pseudonym=f.text("pseudonym"),
         method=f.text("method"),
         new_lookup_indexes=f.pairs("new_lookup_indexes"),
+        proof_ticket=f.blob("proof_ticket"),
+        proofed_at=f.integer("proofed_at"),
+    )
+
+
+# -- enclave-vouched sessions -----------------------------------------------------------------
+def encode_binding_request(value: api.DeviceBindingRequest) -> dict[str, object]:
+    return {
+        "proof_ticket": value.proof_ticket,
+        "device_id": value.device_id,
+        "public_key": value.public_key,
+        "key_class": value.key_class,
+        "attestation_format": value.attestation_format,
+    }
+
+
+def decode_binding_request(
+    value: object, what: str = "DeviceBindingRequest"
+) -> api.DeviceBindingRequest:
+    f = Fields(
+        value,
+        what,
+        ("proof_ticket", "device_id", "public_key", "key_class", "attestation_format"),
+    )
+    return api.DeviceBindingRequest(
+        proof_ticket=f.blob("proof_ticket"),
+        device_id=f.text("device_id"),
+        public_key=f.blob("public_key"),
+        key_class=f.text("key_class"),
+        attestation_format=f.text("attestation_format"),
+    )
+
+
+def encode_bound_device_key(value: api.BoundDeviceKey) -> dict[str, object]:
+    return {
+        "pseudonym": value.pseudonym,
+        "proofing_method": value.proofing_method,
+        "proofed_at": value.proofed_at,
+        "binding": value.binding,
+    }
+
+
+def decode_bound_device_key(value: object, what: str = "BoundDeviceKey") -> api.BoundDeviceKey:
+    f = Fields(value, what, ("pseudonym", "proofing_method", "proofed_at", "binding"))
+    return api.BoundDeviceKey(
+        pseudonym=f.text("pseudonym"),
+        proofing_method=f.text("proofing_method"),
+        proofed_at=f.integer("proofed_at"),
+        binding=f.blob("binding"),
+    )
+
+
+_LOGIN_TEXT = (
+    "device_id",
+    "pseudonym",
+    "key_class",
+    "attestation_format",
+    "proofing_method",
+)
+_LOGIN_INT = ("proofed_at", "sign_count", "counter", "session_ttl")
+_LOGIN_BLOB = ("public_key", "binding", "challenge", "signature")
+
+
+def encode_login_request(value: api.LoginRequest) -> dict[str, object]:
+    out: dict[str, object] = {
+        name: getattr(value, name) for name in (*_LOGIN_TEXT, *_LOGIN_INT, *_LOGIN_BLOB)
+    }
+    out["owner"] = None if value.owner is None else encode_sealed_policyholder(value.owner)
+    return out
+
+
+def decode_login_request(value: object, what: str = "LoginRequest") -> api.LoginRequest:
+    f = Fields(value, what, (*_LOGIN_TEXT, *_LOGIN_INT, *_LOGIN_BLOB, "owner"))
+    return api.LoginRequest(
+        device_id=f.text("device_id"),
+        pseudonym=f.text("pseudonym"),
+        key_class=f.text("key_class"),
+        attestation_format=f.text("attestation_format"),
+        proofing_method=f.text("proofing_method"),
+        proofed_at=f.integer("proofed_at"),
+        sign_count=f.integer("sign_count"),
+        counter=f.integer("counter"),
+        session_ttl=f.integer("session_ttl"),
+        public_key=f.blob("public_key"),
+        binding=f.blob("binding"),
+        challenge=f.blob("challenge"),
+        signature=f.blob("signature"),
+        owner=f.get("owner", optional(decode_sealed_policyholder)),
+    )
+
+
+def encode_login_grant(value: api.LoginGrant) -> dict[str, object]:
+    return {
+        "session": value.session,
+        "ticket": value.ticket,
+        "history": None if value.history is None else encode_sealed_history_event(value.history),
+    }
+
+
+def decode_login_grant(value: object, what: str = "LoginGrant") -> api.LoginGrant:
+    f = Fields(value, what, ("session", "ticket", "history"))
+    return api.LoginGrant(
+        session=f.text("session"),
+        ticket=f.blob("ticket"),
+        history=f.get("history", optional(decode_sealed_history_event)),
     )
 
 
@@ -392,54 +499,44 @@ def decode_token_grant(value: object, what: str = "TokenGrant") -> TokenGrant:
     )
 
 
-def encode_assurance(value: Assurance) -> dict[str, object]:
-    return {
-        "acr": value.acr,
-        "amr_v1": list(value.amr_v1),
-        "amr_v2": list(value.amr_v2),
-        "reproof_due_at": value.reproof_due_at,
-        "extra_claims_v2": dict(value.extra_claims_v2),
-    }
-
-
-def decode_assurance(value: object, what: str = "Assurance") -> Assurance:
-    f = Fields(value, what, ("acr", "amr_v1", "amr_v2", "reproof_due_at", "extra_claims_v2"))
-    return Assurance(
-        acr=f.text("acr"),
-        amr_v1=f.array("amr_v1", text),
-        amr_v2=f.array("amr_v2", text),
-        reproof_due_at=f.integer("reproof_due_at"),
-        extra_claims_v2=MappingProxyType(f.get("extra_claims_v2", json_object)),
-    )
-
-
 def encode_id_token_request(value: api.IdTokenRequest) -> dict[str, object]:
     return {
         "sealed": encode_sealed_policyholder(value.sealed),
         "issuer": value.issuer,
         "grant": encode_token_grant(value.grant),
-        "assurance": encode_assurance(value.assurance),
-        "auth_time": value.auth_time,
+        "ticket": value.ticket,
+        "single_sign_on": value.single_sign_on,
         "kid": value.kid,
         "x5c": list(value.x5c),
+        "rp_statements": list(value.rp_statements),
         "rp_encryption_jwk": dict(value.rp_encryption_jwk),
     }
 
 
+_ID_TOKEN_REQUEST = (
+    "sealed",
+    "issuer",
+    "grant",
+    "ticket",
+    "single_sign_on",
+    "kid",
+    "x5c",
+    "rp_statements",
+    "rp_encryption_jwk",
+)
+
+
 def decode_id_token_request(value: object, what: str = "IdTokenRequest") -> api.IdTokenRequest:
-    f = Fields(
-        value,
-        what,
-        ("sealed", "issuer", "grant", "assurance", "auth_time", "kid", "x5c", "rp_encryption_jwk"),
-    )
+    f = Fields(value, what, _ID_TOKEN_REQUEST)
     return api.IdTokenRequest(
         sealed=f.get("sealed", decode_sealed_policyholder),
         issuer=f.text("issuer"),
         grant=f.get("grant", decode_token_grant),
-        assurance=f.get("assurance", decode_assurance),
-        auth_time=f.integer("auth_time"),
+        ticket=f.blob("ticket"),
+        single_sign_on=f.boolean("single_sign_on"),
         kid=f.text("kid"),
         x5c=f.array("x5c", text),
+        rp_statements=f.array("rp_statements", text),
         rp_encryption_jwk=f.get("rp_encryption_jwk", json_object),
     )
 
@@ -577,6 +674,7 @@ def encode_vau_context(value: api.VauContext) -> dict[str, object]:
         "history": [encode_sealed_history_event(e) for e in value.history],
         "claims": None if value.claims is None else encode_requested_claims(value.claims),
         "challenge": value.challenge,
+        "ticket": value.ticket,
     }
 
 
@@ -584,7 +682,17 @@ def decode_vau_context(value: object, what: str = "VauContext") -> api.VauContex
     f = Fields(
         value,
         what,
-        ("op", "session", "args", "pseudonym", "sealed", "history", "claims", "challenge"),
+        (
+            "op",
+            "session",
+            "args",
+            "pseudonym",
+            "sealed",
+            "history",
+            "claims",
+            "challenge",
+            "ticket",
+        ),
     )
     return api.VauContext(
         op=f.text("op"),
@@ -595,6 +703,7 @@ def decode_vau_context(value: object, what: str = "VauContext") -> api.VauContex
         history=f.array("history", decode_sealed_history_event),
         claims=f.get("claims", optional(decode_requested_claims)),
         challenge=f.opt_blob("challenge"),
+        ticket=f.opt_blob("ticket"),
     )
 
 
@@ -632,8 +741,11 @@ DATACLASS_CODECS: Final[Mapping[type[Any], tuple[Callable[[Any], object], Decode
     api.HistoryEvent: (encode_history_event, decode_history_event),
     api.SealedHistoryEvent: (encode_sealed_history_event, decode_sealed_history_event),
     api.IdTokenRequest: (encode_id_token_request, decode_id_token_request),
+    api.DeviceBindingRequest: (encode_binding_request, decode_binding_request),
+    api.BoundDeviceKey: (encode_bound_device_key, decode_bound_device_key),
+    api.LoginRequest: (encode_login_request, decode_login_request),
+    api.LoginGrant: (encode_login_grant, decode_login_grant),
     TokenGrant: (encode_token_grant, decode_token_grant),
-    Assurance: (encode_assurance, decode_assurance),
     Checkpoint: (encode_checkpoint, decode_checkpoint),
     SignedCheckpoint: (encode_signed_checkpoint, decode_signed_checkpoint),
     AuditEvent: (encode_audit_event, decode_audit_event),

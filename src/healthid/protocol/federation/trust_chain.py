@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -74,6 +74,9 @@ class ResolvedRelyingParty:
     keys: RelyingPartyKeys
     id_token_versions_supported: tuple[str, ...]
     metadata: Mapping[str, Any]
+    # the verified chain as fetched: (subordinate statement, entity configuration), for a
+    # verifier that must check it again (the enclave, before it encrypts to the RP's key)
+    statements: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
@@ -245,7 +248,8 @@ def resolve_relying_party(
         now=now,
     )
     metadata = apply_metadata_rule(leaf.metadata, superior.metadata, RP_METADATA_TYPE)
-    return _relying_party(client_id, min(superior.exp, leaf.exp), vouched, metadata)
+    rp = _relying_party(client_id, min(superior.exp, leaf.exp), vouched, metadata)
+    return replace(rp, statements=(subordinate_statement, entity_configuration))
 
 
 def verify_rp_signed_jwks(

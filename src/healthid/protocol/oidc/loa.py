@@ -87,3 +87,15 @@ def derive_assurance(
         # ref IdTokenBuilder (ID_TOKEN_005): v2 tokens at substantial carry this consent claim
         extra_claims_v2=MappingProxyType({"urn:telematik:auth:consent": ["loa-substantial"]}),
     )
+
+
+def single_sign_on(assurance: Assurance) -> Assurance:
+    """The assurance of a silent SSO login (spec §6.2: amr sso in v1; v2 maps it to other
+    and adds interactive: silent)."""
+    return Assurance(
+        acr=assurance.acr,
+        amr_v1=(AMR_SSO,),
+        amr_v2=(AMR_SSO,),
+        reproof_due_at=assurance.reproof_due_at,
+        extra_claims_v2=assurance.extra_claims_v2,
+    )

@@ -60,6 +60,7 @@ class DeviceRecord:
     proofed_at: int
     created_at: int
     revoked_at: int | None = None
+    binding: bytes | None = None  # the enclave's device binding (healthid.enclave.api)
 
     @property
     def active(self) -> bool:
@@ -69,6 +70,8 @@ class DeviceRecord:
 def _record(row: RowMapping | dict[str, object]) -> DeviceRecord:
     values = dict(row)
     values["public_key"] = bytes(values["public_key"])
+    if values.get("binding") is not None:
+        values["binding"] = bytes(values["binding"])
     return DeviceRecord(**values)
 
 

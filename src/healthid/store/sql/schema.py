@@ -103,6 +103,9 @@ devices = Table(
     Column("proofed_at", BigInteger, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("revoked_at", BigInteger, nullable=True),
+    # the enclave's MAC binding the device key to the pseudonym (enclave-vouched sessions);
+    # a device without one cannot log in
+    Column("binding", LargeBinary(32), nullable=True),
     Index("ix_devices_pseudonym", "pseudonym"),
 )
 
