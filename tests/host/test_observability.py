@@ -311,3 +311,46 @@ def test_full_flow_leaves_nothing_personal_in_metrics_or_logs_and_writes_bde_rec
     ]
     assert {b.cidi for b in bde} == {zlib.crc32(RP.encode())}
     assert all(b.duration_ms >= 0 and b.start_ms > 1_600_000_000_000 for b in bde)
+
+
+def test_signing_failures_are_counted_and_answered_as_json(
+    embedded: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alert of an HSM outage: healthid_signing_failures_total (both series exist from
+    the start). An unavailable key store is 503 temporarily_unavailable, any other key store
+    error the OAuth server_error, never a bare 500. (With SoftHSM2 and the token endpoint:
+    tests/host/test_dependencies_down.py.)"""
+    from healthid.keys.base import KeyNotFound, KeyStoreUnavailable
+    from healthid.keys.file import FileKeyStore
+
+    text = embedded.get("/metrics").text
+    for reason in ("unavailable", "error"):
+        assert sample(text, "healthid_signing_failures_total", reason=reason) == 0
+    assert sample(text, "healthid_dependency_up", dependency="hsm") is None  # key files
+
+    def unavailable(self: object, kid: str, data: bytes) -> bytes:
+        raise KeyStoreUnavailable("PKCS#11 token 'x' became unavailable (TokenNotPresent)")
+
+    monkeypatch.setattr(FileKeyStore, "sign", unavailable)
+    answer = embedded.get("/.well-known/openid-federation")
+    assert answer.status_code == 503 and answer.json()["error"] == "temporarily_unavailable"
+    assert int(answer.headers["retry-after"]) > 0
+
+    def missing(self: object, kid: str, data: bytes) -> bytes:
+        raise KeyNotFound(f"no key {kid}")
+
+    monkeypatch.setattr(FileKeyStore, "sign", missing)
+    answer = embedded.get("/jws.json")
+    assert answer.status_code == 500 and answer.json()["error"] == "server_error"
+
+    text = embedded.get("/metrics").text
+    assert sample(text, "healthid_signing_failures_total", reason="unavailable") == 1
+    assert sample(text, "healthid_signing_failures_total", reason="error") == 1
+    assert (
+        sample(
+            text,
+            "healthid_temporarily_unavailable_total",
+            route="/.well-known/openid-federation",
+        )
+        == 1
+    )

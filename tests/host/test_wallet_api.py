@@ -318,3 +318,167 @@ def test_rate_limit_address_comes_from_x_forwarded_for_only_behind_a_trusted_pro
             "invalid-forwarded-from-127.0.0.1"
         )
     assert client_address(request("127.0.0.1", "2001:DB8::1"), ["127.0.0.1"]) == "2001:db8::1"
+
+
+# -- the OpenAPI document (src/healthid/host/wallet_openapi.json) ---------------------------
+HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+
+
+def _documented_operations() -> set[tuple[str, str]]:
+    import json
+
+    from healthid.host.wallet_api import openapi_document
+
+    document = json.loads(openapi_document())
+    return {
+        (method.upper(), path)
+        for path, item in document["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    }
+
+
+def _wallet_routes(settings: Settings) -> set[tuple[str, str]]:
+    """Every (method, path) the app serves under /wallet/ (HEAD comes with GET)."""
+    from starlette.routing import Route
+
+    from healthid.host.wallet_api import FALLBACK_PATH
+
+    app = build_app(settings)  # the routes exist before the lifespan opens the stores
+    return {
+        (method, route.path)
+        for route in app.routes
+        if isinstance(route, Route)
+        and route.path.startswith("/wallet/")
+        and route.path != FALLBACK_PATH
+        for method in route.methods or ()
+        if method != "HEAD"
+    }
+
+
+def test_openapi_document_describes_every_wallet_route_and_no_other(settings: Settings) -> None:
+    routes, documented = _wallet_routes(settings), _documented_operations()
+    assert routes - documented == set(), "routes without documentation"
+    assert documented - routes == set(), "documented operations without a route"
+
+
+def test_openapi_document_is_valid_openapi_3_1() -> None:
+    import json
+
+    from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
+
+    from healthid.host.wallet_api import openapi_document
+
+    document = json.loads(openapi_document())
+    assert document["openapi"].startswith("3.1.")
+    assert [str(e) for e in OPENAPI_31_VALIDATOR.iter_errors(document)] == []
+    ids = [
+        op["operationId"]
+        for item in document["paths"].values()
+        for method, op in item.items()
+        if method in HTTP_METHODS
+    ]
+    assert len(ids) == len(set(ids))
+    for path, item in document["paths"].items():  # fail closed: every API call may meet a 503
+        for method, op in item.items():
+            if method in HTTP_METHODS and path.startswith("/wallet/v1/"):
+                assert "503" in op["responses"], (method, path)
+
+
+def test_openapi_document_is_served_and_shipped(client: TestClient) -> None:
+    from importlib.resources import files
+
+    resp = client.get("/wallet/openapi.json")
+    assert resp.status_code == 200 and resp.headers["content-type"] == "application/json"
+    assert resp.json()["info"]["title"] == "healthid wallet API"
+    assert resp.content == files("healthid.host").joinpath("wallet_openapi.json").read_bytes()
+    assert resp.headers["cache-control"] == "no-store"
+
+
+def test_unknown_wallet_paths_and_methods_answer_json_errors(client: TestClient) -> None:
+    """Found by schemathesis: the framework's plain-text 404 / 405 under /wallet/."""
+    missing = client.get(f"{API}/no-such-thing/x%2Fy")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    wrong = client.put(f"{API}/devices")
+    assert wrong.status_code == 405 and wrong.json()["error"] == "invalid_request"
+    assert wrong.headers["allow"] == "GET, HEAD"
+    consent = client.get(f"{API}/authorizations")  # a route of the OIDC module
+    assert consent.status_code == 405 and consent.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize("device_id", ["é" * 32, "A" * 32, "0" * 31, "0" * 33, 7])
+def test_login_refuses_a_device_id_the_server_cannot_have_issued(
+    client: TestClient, device_id: object
+) -> None:
+    """Was a 500 (a non-ASCII device id met secrets.compare_digest, which takes ASCII only)."""
+    resp = client.post(f"{API}/auth/challenges", json={"device_id": device_id})
+    assert resp.status_code == 400 and "device_id" in resp.json()["error_description"]
+    issued = client.post(f"{API}/auth/challenges", json={"device_id": "0" * 32}).json()
+    resp = client.post(
+        f"{API}/auth/assertions",
+        json={
+            "challenge_id": issued["challenge_id"],
+            "device_id": device_id,
+            "counter": 1,
+            "signature": "AA",
+        },
+    )
+    assert resp.status_code == 400 and "device_id" in resp.json()["error_description"]
+
+
+@pytest.mark.parametrize("challenge_id", ["a b", "é", "x" * 65, "", 5])
+def test_login_refuses_a_challenge_id_that_is_no_store_key(
+    client: TestClient, challenge_id: object
+) -> None:
+    """Was a 500 (InvalidKeyError from the ephemeral store: keys are printable ASCII)."""
+    resp = client.post(
+        f"{API}/auth/assertions",
+        json={"challenge_id": challenge_id, "device_id": "0" * 32, "counter": 1, "signature": "AA"},
+    )
+    assert resp.status_code == 400 and "challenge_id" in resp.json()["error_description"]
+
+
+@pytest.mark.parametrize(
+    ("counter", "status"), [(7.0, 401), (2**63 - 1, 401), (2**63, 400), (1.5, 400), (True, 400)]
+)
+def test_login_counter_is_a_json_integer_that_fits_eight_octets(
+    client: TestClient, counter: object, status: int
+) -> None:
+    """JSON Schema's integer (the OpenAPI document) includes 7.0; the counter is signed as 8
+    octets, so a larger one is refused before the store is asked."""
+    resp = client.post(
+        f"{API}/auth/assertions",
+        json={"challenge_id": "x", "device_id": "0" * 32, "counter": counter, "signature": "AA"},
+    )
+    assert resp.status_code == status, resp.text
+
+
+@pytest.mark.parametrize("request_uri", ["é", "a b", "u" * 300])
+def test_consent_with_an_unusable_request_uri_is_a_400(
+    client: TestClient, request_uri: str
+) -> None:
+    """Was a 500 (InvalidKeyError) on the consent, the authorization and the token endpoint:
+    a request_uri or code not of the form we issue is unknown without asking the store."""
+    consent = client.post(
+        f"{API}/authorizations",
+        json={"client_id": "https://rp.example", "request_uri": request_uri},
+    )
+    assert consent.status_code == 400 and consent.json()["error"] == "invalid_request_uri"
+    auth = client.get(
+        f"{IDP}/auth", params={"client_id": "https://rp.example", "request_uri": request_uri}
+    )
+    assert auth.status_code == 400
+    token = client.post(
+        f"{IDP}/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": request_uri,
+            "code_verifier": "v" * 43,
+            "client_id": "https://rp.example",
+            "redirect_uri": "https://rp.example/cb",
+        },
+    )
+    # a code over the form's length limit is a bad request; a shorter unknown one, for a
+    # client nobody vouches for, has the client refused first
+    expected = (400, "invalid_request") if len(request_uri) > 255 else (401, "invalid_client")
+    assert (token.status_code, token.json()["error"]) == expected

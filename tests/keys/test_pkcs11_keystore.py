@@ -5,6 +5,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,12 @@ from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import exceptions as p11
 
 from healthid.keys.base import KeyNotFound, KeyStoreError, KeyStoreUnavailable, SigningKeyStore
-from healthid.keys.pkcs11 import LABEL_PREFIX, P256_EC_PARAMS, Pkcs11KeyStore
+from healthid.keys.pkcs11 import (
+    LABEL_PREFIX,
+    P256_EC_PARAMS,
+    RECONNECT_INTERVAL,
+    Pkcs11KeyStore,
+)
 
 pytestmark = pytest.mark.softhsm
 
@@ -150,7 +156,9 @@ def test_pkcs11_unloadable_module_is_unavailable(tmp_path: Path, softhsm_token: 
     module = tmp_path / "not-a-module.so"
     module.write_bytes(b"not an ELF file")
     store = Pkcs11KeyStore(module, softhsm_token.label, softhsm_token.pin)
-    with pytest.raises(KeyStoreUnavailable, match="cannot load PKCS#11 module") as caught:
+    with pytest.raises(
+        KeyStoreUnavailable, match="cannot load or initialise PKCS#11 module"
+    ) as caught:
         store.sign("A" * 43, b"x")
     assert softhsm_token.pin not in _full_text(caught.value)
 
@@ -220,4 +228,84 @@ def test_pkcs11_concurrent_signing_is_serialised(store: Pkcs11KeyStore) -> None:
 def test_pkcs11_reopens_after_close(store: Pkcs11KeyStore) -> None:
     info = store.generate("federation")
     store.close()
+    assert verify_es256(dict(info.public_jwk), b"x", store.sign(info.kid, b"x"))
+
+
+# -- outages: the token removed, the session broken (issue #7) --------------------------------
+@contextmanager
+def token_removed(token: Any) -> Iterator[None]:
+    """SoftHSM's token pulled: its token directory moved away (and back at the end)."""
+    tokendir = next(
+        line.split("=", 1)[1].strip()
+        for line in token.conf.read_text().splitlines()
+        if line.startswith("directories.tokendir")
+    )
+    tokens = Path(tokendir)
+    away = tokens.with_name(tokens.name + "-away")
+    tokens.rename(away)
+    try:
+        yield
+    finally:
+        away.rename(tokens)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_pkcs11_removed_token_is_unavailable_not_a_missing_key(
+    store: Pkcs11KeyStore, softhsm_token: Any
+) -> None:
+    """SoftHSM answers "no such object" once its token is gone: that must read as an outage
+    (503 at the token endpoint), not as a key that does not exist."""
+    info = store.generate("token")
+    with token_removed(softhsm_token):
+        for call in (
+            lambda: store.sign(info.kid, b"x"),
+            lambda: store.public_jwk(info.kid),
+            store.list_kids,
+            store.check,
+        ):
+            with pytest.raises(KeyStoreUnavailable) as caught:
+                call()
+            assert not isinstance(caught.value, KeyNotFound)
+            assert softhsm_token.pin not in _full_text(caught.value)
+
+
+def test_pkcs11_store_resumes_when_the_token_returns_without_a_restart(
+    softhsm_token: Any,
+) -> None:
+    t, clock = softhsm_token, Clock()
+    with Pkcs11KeyStore(t.module, t.label, t.pin, clock=clock) as store:
+        info = store.generate("token")
+        store.check()
+        with token_removed(t):
+            with pytest.raises(KeyStoreUnavailable):
+                store.sign(info.kid, b"id token")
+            with pytest.raises(KeyStoreUnavailable):  # tried to reconnect: failed
+                store.check()
+        # back, but within RECONNECT_INTERVAL of the failed attempt: fail fast, no new try
+        with pytest.raises(KeyStoreUnavailable, match="next attempt in"):
+            store.sign(info.kid, b"id token")
+        clock.now += RECONNECT_INTERVAL
+        store.check()  # the health probe reconnects (re-initialises the module, logs in)
+        signature = store.sign(info.kid, b"id token")
+        assert verify_es256(dict(info.public_jwk), b"id token", signature)
+        assert store.list_kids() == [info.kid]
+
+
+# python-pkcs11's object search, abandoned on the dead session, fails again in its finaliser
+# (C_FindObjectsFinal: SessionHandleInvalid), which Python can only report as "ignored"
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_pkcs11_broken_session_is_unavailable_and_reopened(store: Pkcs11KeyStore) -> None:
+    info = store.generate("token")
+    session = store._session  # the store's session, closed behind its back
+    assert session is not None
+    session.close()
+    with pytest.raises(KeyStoreUnavailable, match="became unavailable"):
+        store.sign(info.kid, b"x")
     assert verify_es256(dict(info.public_jwk), b"x", store.sign(info.kid, b"x"))

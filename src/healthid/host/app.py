@@ -7,10 +7,13 @@ endpoints of later issues mount here.
 
 from __future__ import annotations
 
+import asyncio
 import html
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Final
 
 import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy.exc
@@ -33,6 +36,8 @@ from healthid.host.federation_api import (
     federation_routes,
 )
 from healthid.host.observability import (
+    SIGNING_ERROR,
+    SIGNING_UNAVAILABLE,
     HostMetrics,
     ObservabilityMiddleware,
     probe,
@@ -43,7 +48,8 @@ from healthid.host.oidc_service import OidcService
 from healthid.host.vau_api import vau_routes
 from healthid.host.wallet_api import wallet_routes
 from healthid.host.wallet_service import WalletService
-from healthid.store.ephemeral import EphemeralStore, EphemeralStoreUnavailable
+from healthid.keys.base import KeyStoreError, KeyStoreUnavailable
+from healthid.store.ephemeral import EphemeralStore, EphemeralStoreUnavailable, InvalidKeyError
 
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -82,6 +88,40 @@ async def _temporarily_unavailable(_request: Request, _exc: Exception) -> Respon
     )
 
 
+LOG = logging.getLogger("healthid.host")
+HSM: Final = "hsm"  # the dependency name of a PKCS#11 key store (healthid_dependency_up)
+# Dependencies whose outage only some routes feel: reported by /readyz and /metrics, but the
+# instance stays ready ("degraded"). Every instance shares the HSM; taking them all out of
+# the load balancer would stop enrolment and login too, which need no signature.
+DEGRADING: Final = frozenset({HSM})
+
+
+def _route(request: Request) -> str:
+    """The matched route's template for a log line (never the raw path: ids live there)."""
+    return str(getattr(request.scope.get("route"), "path", "<unmatched>"))
+
+
+def _server_error() -> Response:
+    return JSONResponse(
+        {"error": "server_error", "error_description": "the request could not be completed"},
+        status_code=500,
+        headers=SECURITY_HEADERS,
+    )
+
+
+async def _malformed_identifier(request: Request, exc: Exception) -> Response:
+    """An identifier from the request (a code, request_uri or challenge id) that cannot even
+    be a key of the ephemeral store (non-ASCII, spaces, too long): it names nothing we
+    issued. A route should refuse it while parsing; this is the boundary's safety net, so
+    that it is a 400, never a 500."""
+    LOG.warning("unusable identifier refused at %s: %s", _route(request), exc)
+    return JSONResponse(
+        {"error": "invalid_request", "error_description": "malformed identifier"},
+        status_code=400,
+        headers=SECURITY_HEADERS,
+    )
+
+
 # What "a dependency is unavailable" looks like to the host (fail closed, issue #7 item 2).
 UNAVAILABLE: tuple[type[Exception], ...] = (
     EnclaveUnavailable,
@@ -107,11 +147,7 @@ async def _database_error(request: Request, exc: Exception) -> Response:
         or isinstance(getattr(exc.orig, "__cause__", None), UNAVAILABLE)
     ):
         return await _temporarily_unavailable(request, exc)
-    return JSONResponse(
-        {"error": "server_error", "error_description": "the request could not be completed"},
-        status_code=500,
-        headers=SECURITY_HEADERS,
-    )
+    return _server_error()
 
 
 PLAIN_EGK_SUFFIX = "/egk"
@@ -174,20 +210,23 @@ def create_app(
             async with deps.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
 
-        return await probe(
-            {
-                "database": database,
-                "ephemeral_store": deps.ephemeral.ping,
-                "enclave": deps.enclave.status,
-            }
-        )
+        checks: dict[str, Callable[[], Awaitable[object]]] = {
+            "database": database,
+            "ephemeral_store": deps.ephemeral.ping,
+            "enclave": deps.enclave.status,
+        }
+        # a key store with a health probe (PKCS#11: the HSM); key files have nothing to probe
+        hsm_check = getattr(deps.federation.key_store, "check", None)
+        if callable(hsm_check):
+            checks[HSM] = lambda: asyncio.to_thread(hsm_check)  # PKCS#11 calls block
+        return await probe(checks)
 
     async def readyz(_request: Request) -> Response:
-        checks = {k: "ok" if up else "unavailable" for k, up in (await dependencies()).items()}
-        ready = all(v == "ok" for v in checks.values())
-        return _json(
-            {"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503
-        )
+        health = await dependencies()
+        checks = {k: "ok" if up else "unavailable" for k, up in health.items()}
+        ready = all(up for name, up in health.items() if name not in DEGRADING)
+        status = "unavailable" if not ready else "ready" if all(health.values()) else "degraded"
+        return _json({"status": status, "checks": checks}, 200 if ready else 503)
 
     async def metrics_endpoint(_request: Request) -> Response:
         """Prometheus text format; nothing personal (route templates, no raw paths)."""
@@ -226,6 +265,21 @@ version {html.escape(__version__)}, {html.escape(deps.mode)} mode.</p>{banner}
         return HTMLResponse(page, headers=SECURITY_HEADERS)
 
     metrics = HostMetrics()
+
+    async def key_store_error(request: Request, exc: Exception) -> Response:
+        """A signature the key store could not make (the ID token, inside the enclave through
+        its token signer; the federation statements): counted for the alert. Unavailable
+        (token, slot or session gone) is 503 ``temporarily_unavailable`` — nothing was
+        issued, and the key store reconnects by itself; any other key store error is the
+        OAuth ``server_error``."""
+        if isinstance(exc, KeyStoreUnavailable):
+            metrics.signing_failures.labels(SIGNING_UNAVAILABLE).inc()
+            LOG.warning("signing failed at %s: %s", _route(request), exc)
+            return await _temporarily_unavailable(request, exc)
+        metrics.signing_failures.labels(SIGNING_ERROR).inc()
+        LOG.error("signing failed at %s: %s", _route(request), exc)
+        return _server_error()
+
     return Starlette(
         # Starlette tries routes in order: the endpoints of every login come first.
         routes=[
@@ -260,6 +314,8 @@ version {html.escape(__version__)}, {html.escape(deps.mode)} mode.</p>{banner}
         exception_handlers={
             **{kind: _temporarily_unavailable for kind in UNAVAILABLE},
             sqlalchemy.exc.DBAPIError: _database_error,
+            KeyStoreError: key_store_error,
+            InvalidKeyError: _malformed_identifier,
         },
         lifespan=lifespan,
     )

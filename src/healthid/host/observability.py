@@ -6,7 +6,10 @@ logs and gematik's BDE performance log.
   ids in paths are not metric labels), method and status, a latency histogram, the count of
   ``temporarily_unavailable`` answers, one access-log line per request (``healthid.access``)
   and one BDE record per measured operation (``healthid.bde``).
-- :func:`render_metrics`: the Prometheus text format, with scrape-time dependency health.
+- :func:`render_metrics`: the Prometheus text format, with scrape-time dependency health
+  (``healthid_dependency_up``, the HSM among them when keys live in one) and the count of
+  signatures the key store could not make (``healthid_signing_failures_total``): the two
+  alerts of an HSM outage.
   With several workers, set ``PROMETHEUS_MULTIPROC_DIR`` (an empty directory, the same for
   every worker) and any worker's ``/metrics`` reports the sum of all workers.
 - :func:`logging_config` / :func:`configure_logging`: every record as one JSON object (or a
@@ -73,6 +76,9 @@ OTHER_METHOD: Final = "OTHER"
 # #7 item 2) except the readiness probe's "not ready"
 PROBE_ROUTES: Final = frozenset({"/readyz", "/metrics"})
 DEPENDENCY_CHECK_TIMEOUT: Final = 2.0  # seconds per dependency, on /readyz and each scrape
+SIGNING_UNAVAILABLE: Final = "unavailable"  # healthid_signing_failures{reason=...}
+SIGNING_ERROR: Final = "error"
+SIGNING_FAILURE_REASONS: Final = (SIGNING_UNAVAILABLE, SIGNING_ERROR)
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -101,6 +107,16 @@ class HostMetrics:
             ("route",),
             registry=self.registry,
         )
+        self.signing_failures = Counter(
+            "healthid_signing_failures",
+            "Signatures the key store (the HSM in production) could not make for a request, by "
+            "reason: unavailable (token, slot or session gone: answered 503, nothing issued) "
+            "or error; alert on any increase",
+            ("reason",),
+            registry=self.registry,
+        )
+        for reason in SIGNING_FAILURE_REASONS:  # both series exist from the start, at 0
+            self.signing_failures.labels(reason)
         # label lookups cost more than the increments: each child is looked up once
         self._counts: dict[tuple[str, str, int], Any] = {}
         self._latencies: dict[tuple[str, str], Any] = {}

@@ -1,30 +1,54 @@
 """HTTP routes of the wallet API (``/wallet/v1``): parse, call :class:`WalletService`, render.
 
 Binary values travel base64url (no padding). Errors are JSON ``{"error", "error_description"}``
-with the HTTP status of the refusal; nothing in a response is personal data.
+with the HTTP status of the refusal — also for an unknown path under ``/wallet/`` (404) and a
+method a path does not have (405); nothing in a response is personal data. The OpenAPI 3.1
+document of these routes (``wallet_openapi.json``, served at ``/wallet/openapi.json``) is
+checked against them by tests/host/test_wallet_api.py and fuzzed with schemathesis
+(tests/fuzz/test_wallet_schemathesis.py).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import importlib.resources
 import ipaddress
 import json
 import re
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any
+from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Receive, Scope, Send
 
-from healthid.host.wallet_service import TooManyRequests, WalletError, WalletService
+from healthid.host.wallet_service import (
+    DEVICE_ID_BYTES,
+    NotFound,
+    TooManyRequests,
+    WalletError,
+    WalletService,
+)
+from healthid.protocol import device_auth
 from healthid.protocol.jose.keys import b64url_encode
 
 MAX_BODY_BYTES = 128 * 1024
 B64URL = re.compile(r"[A-Za-z0-9_-]+")
+# the device ids the server issues (wallet_service: token_hex(DEVICE_ID_BYTES)); anything else
+# is refused before it reaches a constant-time comparison that only takes ASCII
+DEVICE_ID = re.compile(f"[0-9a-f]{{{2 * DEVICE_ID_BYTES}}}")
+# a login challenge id: base64url as issued (token_urlsafe), so it is usable in a store key
+MAX_CHALLENGE_ID_CHARS = 64
+CHALLENGE_ID = re.compile(f"[A-Za-z0-9_-]{{1,{MAX_CHALLENGE_ID_CHARS}}}")
 MAX_ADDRESS_CHARS = 45  # the longest textual IPv6 address
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+PREFIX: Final = "/wallet/v1"
+OPENAPI_PATH: Final = "/wallet/openapi.json"
+OPENAPI_RESOURCE: Final = "wallet_openapi.json"  # package data of healthid.host
+FALLBACK_PATH: Final = "/wallet/{rest:path}"  # JSON 404 / 405 for the rest of /wallet/
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -106,6 +130,78 @@ def _str(body: dict[str, Any], name: str, *, max_len: int = 256) -> str:
     return value
 
 
+def _challenge_id(body: dict[str, Any]) -> str:
+    value = body.get("challenge_id")
+    if not isinstance(value, str) or not CHALLENGE_ID.fullmatch(value):
+        raise WalletError(
+            f"challenge_id must be 1 to {MAX_CHALLENGE_ID_CHARS} base64url characters"
+        )
+    return value
+
+
+def _device_id(body: dict[str, Any]) -> str:
+    value = body.get("device_id")
+    if not isinstance(value, str) or not DEVICE_ID.fullmatch(value):
+        raise WalletError(f"device_id must be {2 * DEVICE_ID_BYTES} lowercase hex characters")
+    return value
+
+
+def _counter(body: dict[str, Any]) -> int:
+    """The login counter: a JSON integer (``7`` or, as JSON Schema allows, ``7.0``) that fits
+    the 8 octets it is signed as."""
+    value = body.get("counter")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or not 0 <= value <= device_auth.MAX_COUNTER
+    ):
+        raise WalletError(f"counter must be an integer from 0 to {device_auth.MAX_COUNTER}")
+    return value
+
+
+@functools.cache
+def openapi_document() -> bytes:
+    """The OpenAPI 3.1 document of the wallet API (package data, read once)."""
+    return importlib.resources.files("healthid.host").joinpath(OPENAPI_RESOURCE).read_bytes()
+
+
+async def _openapi(_request: Request) -> Response:
+    return Response(openapi_document(), media_type="application/json", headers=NO_STORE)
+
+
+async def _fallback(request: Request) -> Response:
+    """No wallet route has this path (404), or not with this method (405 with ``Allow``):
+    the API's JSON error, not the framework's plain text."""
+    router = request.scope.get("router")
+    allowed: set[str] = set()
+    for route in getattr(router, "routes", ()):
+        if not isinstance(route, Route) or route.path == FALLBACK_PATH or route.methods is None:
+            continue
+        if route.matches(request.scope)[0] is Match.PARTIAL:
+            allowed |= route.methods
+    if not allowed:
+        return _error(NotFound("no such resource of the wallet API"))
+    allow = ", ".join(sorted(allowed))
+    return JSONResponse(
+        {
+            "error": "invalid_request",
+            "error_description": f"{request.method} is not allowed here; use {allow}",
+        },
+        status_code=405,
+        headers={**NO_STORE, "Allow": allow},
+    )
+
+
+class _Fallback:
+    """:func:`_fallback` as a plain ASGI app: a Route of a function would answer GET only."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await _fallback(Request(scope, receive))
+        await response(scope, receive, send)
+
+
 def wallet_routes(
     service: Callable[[], WalletService],
     trusted_proxies: Callable[[], Collection[str]] = tuple,
@@ -183,21 +279,17 @@ def wallet_routes(
 
     async def challenge(request: Request, svc: WalletService) -> Response:
         body = await json_body(request)
-        challenge_id, value = await svc.login_challenge(
-            _str(body, "device_id", max_len=64), ip=_ip(request)
-        )
+        challenge_id, value = await svc.login_challenge(_device_id(body), ip=_ip(request))
         return _json(
             {"challenge_id": challenge_id, "challenge": b64e(value), "expires_in": 120}, 201
         )
 
     async def assertion(request: Request, svc: WalletService) -> Response:
         body = await json_body(request)
-        counter = body.get("counter")
-        if not isinstance(counter, int) or isinstance(counter, bool) or counter < 0:
-            raise WalletError("counter must be a non-negative integer")
+        counter = _counter(body)
         result = await svc.login(
-            challenge_id=_str(body, "challenge_id", max_len=64),
-            device_id=_str(body, "device_id", max_len=64),
+            challenge_id=_challenge_id(body),
+            device_id=_device_id(body),
             counter=counter,
             signature=b64d(body.get("signature"), "signature"),
             ip=_ip(request),
@@ -223,7 +315,7 @@ def wallet_routes(
     async def history(request: Request, svc: WalletService) -> Response:
         return _json({"events": await svc.history_count(_bearer(request))})
 
-    prefix = "/wallet/v1"
+    prefix = PREFIX
     return [
         Route(f"{prefix}/auth/challenges", guarded(challenge), methods=["POST"]),  # every login
         Route(f"{prefix}/auth/assertions", guarded(assertion), methods=["POST"]),
@@ -239,4 +331,7 @@ def wallet_routes(
         Route(f"{prefix}/devices", guarded(devices), methods=["GET"]),
         Route(f"{prefix}/devices/{{device_id}}", guarded(revoke), methods=["DELETE"]),
         Route(f"{prefix}/history", guarded(history), methods=["GET"]),
+        Route(OPENAPI_PATH, _openapi, methods=["GET"]),
+        # last: after every route under /wallet/ (the consent's among the OIDC routes too)
+        Route(FALLBACK_PATH, _Fallback(), methods=None),  # every method
     ]

@@ -22,12 +22,26 @@ process-wide lock, and one session is kept open per store.
 PIN: a rejected PIN is never retried by this store (each try counts towards locking the token);
 ``KeyStoreUnavailable`` follows until the store is rebuilt with the right PIN. A token that
 reports its final PIN try is not logged in to at all. No message contains the PIN.
+
+Outages (issue #7: with the HSM unavailable no token is issued, and service resumes without a
+restart): a call that finds the token, slot or session gone raises ``KeyStoreUnavailable``
+(the host answers 503 ``temporarily_unavailable``) and drops the session; the next call opens
+a new one, at most once per ``RECONNECT_INTERVAL`` (in between, calls fail at once instead
+of queueing on the token lock behind a slow device). A key that is missing while the token
+cannot be listed counts as such an outage, not as ``KeyNotFound``: SoftHSM, for one, answers
+"no such object" when its token directory disappeared. When the module itself cannot list
+its slots any more, only ``C_Finalize`` + ``C_Initialize`` make it look for its tokens again
+(PKCS#11 v2.40 §5.4: the slot list is the module's, read at initialisation), so the next
+attempt re-initialises the module first (which ends every session of the module in this
+process: the runtime builds one store). :meth:`Pkcs11KeyStore.check` is the health probe
+(``healthid_dependency_up{dependency="hsm"}``); it reconnects too.
 """
 
 from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -90,8 +104,14 @@ _PIN_REJECTED: Final = (
 
 # One lock for every PKCS#11 call in this process (see the module docstring).
 _TOKEN_LOCK: Final = threading.Lock()
+# Seconds between two attempts to reach a token that was unavailable (see the docstring).
+RECONNECT_INTERVAL: Final = 1.0
 
 _T = TypeVar("_T")
+
+
+class _TokenGone(Exception):  # noqa: N818 - the name says the state
+    """Inside :meth:`Pkcs11KeyStore._run`: the module no longer lists the token."""
 
 
 def _ec_point(raw: bytes) -> bytes:
@@ -156,12 +176,24 @@ class Pkcs11KeyStore:
 
     backend: Final = "pkcs11"
 
-    def __init__(self, module: Path, token_label: str, pin: str) -> None:
+    def __init__(
+        self,
+        module: Path,
+        token_label: str,
+        pin: str,
+        *,
+        reconnect_interval: float = RECONNECT_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._module = module
         self._token_label = token_label
         self._pin = pin
         self._session: Session | None = None
         self._pin_rejected = False
+        self._reconnect_interval = reconnect_interval
+        self._clock = clock
+        self._retry_at = 0.0  # no attempt to open a session before this (clock seconds)
+        self._reinitialize = False  # the module lost its slot list: C_Finalize + C_Initialize
 
     def __repr__(self) -> str:
         return f"Pkcs11KeyStore(module={str(self._module)!r}, token_label={self._token_label!r})"
@@ -181,11 +213,25 @@ class Pkcs11KeyStore:
 
     # -- session handling (callers hold _TOKEN_LOCK) -------------------------------------
 
-    def _token(self) -> Any:
+    def _lib(self) -> Any:
         try:
             lib = pkcs11.lib(str(self._module))
         except p11.PKCS11Error as exc:
-            raise KeyStoreUnavailable(f"cannot load PKCS#11 module {self._module}") from exc
+            raise KeyStoreUnavailable(
+                f"cannot load or initialise PKCS#11 module {self._module} ({type(exc).__name__})"
+            ) from exc
+        if self._reinitialize:
+            try:  # C_Finalize + C_Initialize: the module reads its slots anew
+                lib.reinitialize()
+            except p11.PKCS11Error as exc:
+                raise KeyStoreUnavailable(
+                    f"PKCS#11 module {self._module} cannot be initialised ({type(exc).__name__})"
+                ) from exc
+            self._reinitialize = False
+        return lib
+
+    def _token(self) -> Any:
+        lib = self._lib()
         try:
             return lib.get_token(token_label=self._token_label)
         except p11.NoSuchToken:
@@ -197,6 +243,7 @@ class Pkcs11KeyStore:
                 f"several PKCS#11 tokens are labelled {self._token_label!r}"
             ) from None
         except p11.PKCS11Error as exc:
+            self._reinitialize = True  # only a new C_Initialize lists the slots again
             raise KeyStoreUnavailable(
                 f"PKCS#11 module {self._module} cannot list its tokens ({type(exc).__name__})"
             ) from exc
@@ -234,8 +281,32 @@ class Pkcs11KeyStore:
                 f"PKCS#11 token {self._token_label!r} rejected the PIN earlier; not retrying "
                 "(it would count towards locking the token)"
             )
-        self._session = self._login(self._token())
+        now = self._clock()
+        if now < self._retry_at:
+            raise KeyStoreUnavailable(
+                f"PKCS#11 token {self._token_label!r} is unavailable; next attempt in "
+                f"{self._retry_at - now:.1f} s"
+            )
+        try:
+            self._session = self._login(self._token())
+        except KeyStoreUnavailable:
+            self._retry_at = now + self._reconnect_interval
+            raise
+        self._retry_at = 0.0
         return self._session
+
+    def _lose_session(self, session: Session) -> None:
+        """The session went with the token: close what is left of it; the next call reopens."""
+        self._session = None
+        _close_quietly(session)
+
+    def _token_present(self) -> bool:
+        """Whether the module still lists our token (a missing key may mean a missing token)."""
+        try:
+            self._token()
+        except KeyStoreUnavailable:
+            return False
+        return True
 
     def _run(self, operation: Callable[[Session], _T]) -> _T:
         with _TOKEN_LOCK:
@@ -243,16 +314,35 @@ class Pkcs11KeyStore:
             try:
                 return operation(session)
             except _CONNECTION_LOST as exc:
-                self._session = None  # gone with the token; reopen on the next call
-                _close_quietly(session)
+                self._lose_session(session)
                 raise KeyStoreUnavailable(
                     f"PKCS#11 token {self._token_label!r} became unavailable ({type(exc).__name__})"
                 ) from exc
+            except (KeyNotFound, _TokenGone) as exc:
+                if isinstance(exc, KeyNotFound) and self._token_present():
+                    raise
+                self._lose_session(session)
+                raise KeyStoreUnavailable(
+                    f"PKCS#11 token {self._token_label!r} became unavailable (it is not listed)"
+                ) from None
             except p11.PKCS11Error as exc:
                 raise KeyStoreError(
                     f"PKCS#11 operation on token {self._token_label!r} failed "
                     f"({type(exc).__name__})"
                 ) from exc
+
+    def check(self) -> None:
+        """The health probe: log in if need be and check that the token is still listed.
+
+        Raises ``KeyStoreUnavailable`` when it is not (or cannot be reached); after an outage
+        this is what reconnects, before any signature is asked for.
+        """
+
+        def op(_session: Session) -> None:
+            if not self._token_present():
+                raise _TokenGone
+
+        self._run(op)
 
     @staticmethod
     def _key(session: Session, object_class: ObjectClass, kid: str) -> Any:
@@ -339,6 +429,8 @@ class Pkcs11KeyStore:
                 kid = bytes(obj[Attribute.ID]).decode("ascii", errors="replace")
                 if is_kid(kid) and _holds_key(obj, kid):
                     kids.append(kid)
+            if not kids and not self._token_present():  # no keys, or no token?
+                raise _TokenGone
             return sorted(kids)
 
         return self._run(op)
