@@ -3,13 +3,18 @@
 ``/.well-known/openid-federation``: the entity configuration, signed with the active
 federation key, listing every published federation key (the next one before it signs, the
 retiring one until its statements expired). ``/jws.json`` (``signed_jwks_uri``): the
-signed JWKS with the active ID-token key and its component-PKI certificate chain. Neither
-carries personal data; both are signed by the key store (HSM in production).
+signed JWKS with every published ID-token key and its component-PKI certificate chain: the
+active one first, then the next one (published before it signs) and the retiring ones (until
+every ID token they signed has expired), so that a key rotation never leaves a relying party
+with an ID token it cannot verify (security checklist §B5 "Signing-key rotation mid-flight";
+gematik C_12299: a transition phase instead of a hard cutover). Neither document carries
+personal data; both are signed by the key store (HSM in production).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,11 +25,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from healthid.keys.base import SigningKeyStore
-from healthid.keys.rotation import KeyRing
+from healthid.keys.rotation import KeyRecord, KeyRing
 from healthid.protocol.federation.provider import (
     ProviderConfiguration,
     sign_entity_configuration,
-    sign_signed_jwks,
+    sign_signed_jwks_with_keys,
 )
 
 ENTITY_STATEMENT_TYPE = "application/entity-statement+jwt;charset=UTF-8"  # spec §1.1
@@ -32,6 +37,8 @@ SIGNED_JWKS_TYPE = "application/jwk-set+json;charset=UTF-8"  # spec §1.1
 SIGNED_JWKS_PATH = "/jws.json"
 FEDERATION_PURPOSE = "federation"
 TOKEN_PURPOSE = "token"  # noqa: S105 - a key purpose, not a secret
+
+LOG = logging.getLogger("healthid.federation")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,17 +66,32 @@ class FederationPublisher:
 
     async def signed_jwks(self) -> str:
         federation = await self.federation_ring.active(FEDERATION_PURPOSE)
-        token = await self.token_ring.active(TOKEN_PURPOSE)
-        token_jwk = dict(token.public_jwk)
+        active = await self.token_ring.active(TOKEN_PURPOSE)
+        published = await self.token_ring.published(TOKEN_PURPOSE)
+        token_keys = [(dict(active.public_jwk), self.token_x5c(dict(active.public_jwk)))]
+        for record in published:  # the next key and the retiring ones, after the active one
+            if record.kid != active.kid and (chained := self._chained(record)) is not None:
+                token_keys.append(chained)
         return await asyncio.to_thread(
-            sign_signed_jwks,
+            sign_signed_jwks_with_keys,
             issuer=self.config.issuer,
             federation_key=dict(federation.public_jwk),
-            token_key=token_jwk,
-            token_x5c=self.token_x5c(token_jwk),
+            token_keys=token_keys,
             signer=self.key_store.sign,
             now=int(self.clock()),
         )
+
+    def _chained(self, record: KeyRecord) -> tuple[dict[str, Any], list[str]] | None:
+        """A published token key that does not sign now, with its certificate chain; ``None``
+        (and a warning) while its chain is not available yet: a key whose certificate the
+        operator has not installed cannot be verified by a relying party anyway (SIGNED_JWKS_004),
+        and a missing chain must not take the whole signed JWKS down."""
+        jwk = dict(record.public_jwk)
+        try:
+            return jwk, self.token_x5c(jwk)
+        except Exception:  # the chain source is configuration: a file per kid, or the test CA
+            LOG.warning("token key %s is published without a certificate chain yet", record.kid)
+            return None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -244,14 +244,42 @@ def sign_signed_jwks(
     now: int,
 ) -> str:
     """The JWS served at ``signed_jwks_uri``, signed with the entity-statement key (spec §3.1)."""
-    claims = signed_jwks_claims(
+    return sign_signed_jwks_with_keys(
         issuer=issuer,
         federation_key=federation_key,
-        token_key=token_key,
-        token_x5c=token_x5c,
+        token_keys=[(token_key, token_x5c)],
+        signer=signer,
         now=now,
     )
+
+
+def sign_signed_jwks_with_keys(
+    *,
+    issuer: str,
+    federation_key: Mapping[str, Any],
+    token_keys: Sequence[tuple[Mapping[str, Any], Sequence[str]]],
+    signer: Signer,
+    now: int,
+) -> str:
+    """The signed JWKS of spec §3.1 with one or more ID-token keys (the first is the active
+    one, at ``keys[1]`` where the gsi testsuite looks), each checked against its ``x5c`` as
+    :func:`~healthid.protocol.federation.provider.signed_jwks_claims` checks one; every kid
+    must be unique (oidc-provider v9: an ambiguous kid is refused)."""
+    if not token_keys:
+        raise InvalidStatement("the signed JWKS needs the active ID-token key")
+    keys: list[dict[str, Any]] = []
+    for jwk, x5c in token_keys:
+        federation_entry, token_entry = signed_jwks_claims(
+            issuer=issuer, federation_key=federation_key, token_key=jwk, token_x5c=x5c, now=now
+        )["keys"]
+        if not keys:
+            keys.append(federation_entry)
+        keys.append(token_entry)
+    kids = [k.get("kid") for k in keys]
+    if len(set(kids)) != len(kids):
+        raise InvalidStatement("two keys of the signed JWKS share a kid")
     kid = federation_key.get("kid")
     if not isinstance(kid, str) or not kid:
         raise InvalidStatement("the entity-statement key has no kid")
-    return sign_compact(claims, kid=kid, typ=TYP_SIGNED_JWKS, signer=signer)
+    body = {"iss": issuer, "iat": now, "keys": keys}
+    return sign_compact(body, kid=kid, typ=TYP_SIGNED_JWKS, signer=signer)
