@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cbor2
@@ -20,6 +20,7 @@ from healthid.enclave import api, vau_endpoint
 from healthid.enclave.registry.model import Policyholder
 from healthid.enclave.service import Enclave
 from healthid.enclave.vault import RootKey, Vault
+from healthid.protocol.device_auth import session_bearer
 from healthid.protocol.vau import (
     ClientConfig,
     ClientSession,
@@ -29,7 +30,7 @@ from healthid.protocol.vau import (
     parse_signed_public_keys,
 )
 from healthid.protocol.vau import cbor as vau_cbor
-from session_testlib import LoggedIn, log_in_with_card
+from session_testlib import LoggedIn, log_in_with_card, login_request
 
 ROWS = [dict(r) for r in synthetic_rows(3, seed=41)]
 
@@ -49,10 +50,15 @@ class Setup:
     clock: Clock
     ca: TestEgkCa
     people: list[api.SealedPolicyholder]
-    logins: list[LoggedIn]
+    logins: list[LoggedIn]  # a bound device each, and a plain login
+    sessions: list[tuple[str, bytes]] = field(default_factory=list)  # token, ticket (channel)
 
     def token(self, person: int) -> str:
-        return self.logins[person].grant.session
+        """The person's session token from a login through the channel."""
+        return self.sessions[person][0]
+
+    def ticket(self, person: int) -> bytes:
+        return self.sessions[person][1]
 
     def config(self, key: ec.EllipticCurvePrivateKey | None = None) -> ClientConfig:
         return ClientConfig(
@@ -95,10 +101,36 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
         )
         for r, sealed in zip(ROWS, people, strict=True)
     ]
-    yield Setup(
+    setup = Setup(
         enclave=enclave, identity=identity, clock=clock, ca=ca, people=people, logins=logins
     )
+    for done in logins:
+        token, reply = await channel_login(setup, done)
+        assert reply.login is not None
+        setup.sessions.append((token, reply.login.ticket))
+    yield setup
     enclave.close()
+
+
+async def channel_login(
+    s: Setup, done: LoggedIn, *, signature: bytes | None = None
+) -> tuple[str, api.VauReply]:
+    """A login of ``done``'s device through a new channel: the token (from the encrypted
+    answer; "" if refused) and the enclave's reply to the host."""
+    cid, session = await open_channel(s)
+    (challenge,) = await s.enclave.login_challenges(1)
+    counter = len(s.sessions) + 10
+    signed = login_request(done, challenge, counter=counter)
+    args = {"challenge_id": "c" * 24, "device_id": done.device_id, "counter": str(counter)}
+    plaintext = inner("login", "", **args, signature=signature or signed.signature)
+    context = api.VauContext(
+        op="login",
+        args=tuple(sorted(args.items())),
+        login=replace(signed, signature=b""),  # what the host knows: all but the signature
+    )
+    _, reply, answer = await call(s, cid, session, plaintext, context)
+    result = answer.get("ok")
+    return (str(result["session"]) if isinstance(result, dict) else ""), reply
 
 
 async def open_channel(s: Setup) -> tuple[str, ClientSession]:
@@ -120,10 +152,10 @@ def context_for(s: Setup, op: str = "me", person: int = 0, **extra: object) -> a
     sealed = s.people[person]
     values: dict[str, object] = {
         "op": op,
-        "session": s.token(person),
+        "session": session_bearer(s.token(person)),  # the host sees the bearer only
         "pseudonym": sealed.pseudonym,
         "sealed": sealed,
-        "ticket": s.logins[person].grant.ticket,
+        "ticket": s.ticket(person),
     }
     return api.VauContext(**(values | extra))  # type: ignore[arg-type]
 
@@ -283,8 +315,8 @@ async def test_a_session_the_enclave_did_not_issue_for_this_token_is_refused(
     """Person 0's token, person 0's records: the ticket decides whose session it is."""
     ticket = {
         None: None,
-        1: setup.logins[1].grant.ticket,
-        "forged": setup.logins[0].grant.ticket[:-1] + b"\x00",
+        1: setup.ticket(1),
+        "forged": setup.ticket(0)[:-1] + b"\x00",
     }[ticket_of]
     cid, session = await open_channel(setup)
     context = context_for(setup, "me", 0, ticket=ticket)
@@ -297,7 +329,7 @@ async def test_a_valid_session_cannot_open_another_persons_records(setup: Setup)
     """Person 1's own token and ticket, with person 0's pseudonym and records."""
     cid, session = await open_channel(setup)
     context = context_for(
-        setup, "me", 0, session=setup.token(1), ticket=setup.logins[1].grant.ticket
+        setup, "me", 0, session=session_bearer(setup.token(1)), ticket=setup.ticket(1)
     )
     _, reply, answer = await call(setup, cid, session, inner("me", setup.token(1)), context)
     assert reply.outcome == "foreign_data" and "ok" not in answer
@@ -307,8 +339,35 @@ async def test_a_copied_ticket_does_not_make_another_token_a_session(setup: Setu
     """The host pairs person 1's ticket (and records) with a token of its own making."""
     cid, session = await open_channel(setup)
     made_up = setup.token(1)[:-4] + "AAAA"
-    context = replace(context_for(setup, "me", 1), session=made_up)
+    context = replace(context_for(setup, "me", 1), session=session_bearer(made_up))
     _, reply, answer = await call(setup, cid, session, inner("me", made_up), context)
+    assert reply.outcome == "session_refused" and "ok" not in answer
+
+
+async def test_a_login_through_the_channel_gives_the_host_the_bearer_not_the_token(
+    setup: Setup,
+) -> None:
+    token, reply = await channel_login(setup, setup.logins[0])
+    assert reply.outcome == api.VAU_OK and reply.login is not None
+    assert reply.login.session == session_bearer(token) != token
+    assert token.partition(".")[2].encode() not in reply.body  # the answer is encrypted
+    ticket = api.read_session_ticket(reply.login.ticket)
+    assert ticket.channel and ticket.pseudonym == setup.people[0].pseudonym
+
+
+async def test_a_channel_login_with_a_wrong_signature_is_refused(setup: Setup) -> None:
+    token, reply = await channel_login(setup, setup.logins[0], signature=bytes(64))
+    assert token == "" and reply.login is None and reply.outcome == "login_refused"
+
+
+async def test_a_plain_login_cannot_read_through_the_channel(setup: Setup) -> None:
+    """The token of a plain login passed through the host: it opens no personal data."""
+    plain = setup.logins[0].grant
+    cid, session = await open_channel(setup)
+    context = context_for(
+        setup, "me", 0, session=session_bearer(plain.session), ticket=plain.ticket
+    )
+    _, reply, answer = await call(setup, cid, session, inner("me", plain.session), context)
     assert reply.outcome == "session_refused" and "ok" not in answer
 
 

@@ -95,8 +95,8 @@ def test_a_capture_of_everything_the_host_saw_holds_no_personal_data(
     wallet = wallet_for(client, tmp_path, "phone")
     wallet.enroll_with_egk(card_for(settings, person))
     login = wallet.login()
-    me = wallet.me(login.session)
-    history = wallet.history(login.session)
+    me = wallet.me(login.token)
+    history = wallet.history(login.token)
     verifier, challenge = pkce()
     pushed = client.post(f"{IDP}/PAR_Auth", data=par_form(challenge), headers=rp.cert_header())
     url = authorization_url(IDP, pushed.json()["request_uri"])
@@ -134,8 +134,13 @@ def test_a_capture_of_everything_the_host_saw_holds_no_personal_data(
     paths = {e.path.split("/VAU/")[0] if "/VAU/" in e.path else e.path for e in exchanges}
     assert {"/attestation", "/VAU", "/wallet/v1/enrolments", "/token", "/PAR_Auth"} <= paths
     channel_requests = [e for e in exchanges if e.path.startswith("/VAU/")]
-    assert len(channel_requests) == 5  # M3, then egk_prove, me, history, consent_claims
+    # M3, then egk_prove, login, me, history, and the authorization's login, consent_claims
+    assert len(channel_requests) == 7
     hits = search(exchanges, personal_values(person))
+    # nor the session token: the host saw only its bearer, which it cannot turn back
+    secret = login.token.partition(".")[2]
+    assert search(exchanges, {"session token": secret}) == []
+    assert login.session != login.token and search(exchanges, {"bearer": login.session})
     print(
         f"\ncapture: {len(exchanges)} requests, {recorder.bytes_seen} bytes, "
         f"{len(channel_requests)} through the channel; personal-data hits: {len(hits)}"
@@ -250,7 +255,7 @@ def test_a_session_inside_that_differs_from_the_outer_header_is_refused(
     mine, theirs = wallet_for(client, tmp_path, "a"), wallet_for(client, tmp_path, "b")
     mine.enroll_with_egk(card_for(settings, ROWS[0]))
     theirs.enroll_with_egk(card_for(settings, ROWS[1]))
-    my_session, their_session = mine.login().session, theirs.login().session
+    my_session, their_session = mine.login().token, theirs.login().session
     channel = mine.channel()
     inner = vau_cbor.encode({"op": "me", "session": my_session, "args": {}})
     answer = post(
@@ -299,7 +304,7 @@ def test_a_revoked_device_session_reads_nothing(
 ) -> None:
     wallet = wallet_for(client, tmp_path, "w")
     bound = wallet.enroll_with_egk(card_for(settings, ROWS[2]))
-    session = wallet.login().session
+    session = wallet.login().token
     assert wallet.me(session).kvnr == ROWS[2]["kvnr"]
     wallet.revoke(bound["device_id"])
     with pytest.raises(WalletClientError) as info:
@@ -331,3 +336,28 @@ def test_the_plain_egk_route_answers_404_outside_development() -> None:
         assert refused.status_code == 404 and "VAU" in refused.json()["error_description"]
         mode["value"] = "development"
         assert c.post("/wallet/v1/enrolments/e/egk").text == "plain"
+
+
+def test_a_session_whose_token_the_host_saw_reads_nothing(
+    client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    """A plain login's token passed through the host, and the bearer of a channel login is
+    all the host sees of that one: neither opens the person's data through the channel."""
+    wallet = wallet_for(client, tmp_path, "w")
+    wallet.enroll_with_egk(card_for(settings, ROWS[0]))
+    plain = wallet.login(through_channel=False)
+    assert plain.token == ""
+    with pytest.raises(WalletClientError) as info:
+        wallet.me(plain.session)
+    assert info.value.status == 401
+    login = wallet.login()
+    with pytest.raises(WalletClientError) as info:
+        wallet.me(login.session)  # the bearer, as if it were the token
+    assert info.value.status == 401
+    assert wallet.me(login.token).kvnr == ROWS[0]["kvnr"]
+    # the plain wallet API takes either session's bearer
+    for bearer in (plain.session, login.session):
+        listed = client.get(
+            f"{IDP}/wallet/v1/devices", headers={"Authorization": f"Bearer {bearer}"}
+        )
+        assert listed.status_code == 200, listed.text

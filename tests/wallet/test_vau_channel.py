@@ -62,15 +62,16 @@ def test_the_wallet_enrols_logs_in_and_reads_its_data_through_the_channel(
     # the certificate went through the channel, never to the plain eGK route
     assert not any(p.endswith("/egk") for p in sent)
     assert "GET /attestation" in sent and "POST /VAU" in sent
-    session = wallet.login().session
-    me = wallet.me(session)
+    login = wallet.login()
+    session = login.session  # the bearer: all the host ever sees of the session
+    me = wallet.me(login.token)
     assert (me.given_name, me.family_name, me.kvnr, me.birth_date) == (
         person["given_name"],
         person["family_name"],
         person["kvnr"],
         person["birth_date"],
     )
-    kinds = [e.kind for e in wallet.history(session)]
+    kinds = [e.kind for e in wallet.history(login.token)]
     assert sorted(kinds) == ["device_bound", "enrolled", "login"]
     assert all(e.device_id == bound["device_id"] for e in wallet.history() if e.kind != "enrolled")
     # the plain API keeps only what carries no personal data: a count

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+import healthid.enclave_runtime as enclave_runtime
 import healthid.runtime as runtime
 from healthid.demo.eid_identities import identities_from_registry, identity_for
 from healthid.demo.synthetic import synthetic_rows, write_registry
@@ -64,7 +65,8 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, standin: object) -
         )
         return lambda: EidClient(config, http_transport=httpx.ASGITransport(app=standin))  # type: ignore[arg-type]
 
-    monkeypatch.setattr(runtime, "eid_client_factory", factory)
+    # build_enclave (the in-process enclave) looks it up in the enclave's composition root
+    monkeypatch.setattr(enclave_runtime, "eid_client_factory", factory)
     return load_settings(
         data_dir=tmp_path / "data", enclave_workers=1, eid_server_url=f"{STANDIN}/eID"
     )
@@ -92,7 +94,7 @@ def completer(
 
 
 def test_enrol_with_eid_then_login(client: TestClient, standin: object, tmp_path: Path) -> None:
-    wallet = WalletClient(IDP, tmp_path / "w", http=client)
+    wallet = WalletClient(IDP, tmp_path / "w", http=client, development=True)
     bound = wallet.enroll_with_eid(completer(standin, ROWS[2]["kvnr"]))
     assert bound["key_class"] == "software"
     assert wallet.login().acr == "gematik-ehealth-loa-substantial"
@@ -108,7 +110,7 @@ def test_eid_result_before_the_user_finished_is_pending(client: TestClient, tmp_
 
 
 def test_weak_eid_type_is_refused(client: TestClient, standin: object, tmp_path: Path) -> None:
-    wallet = WalletClient(IDP, tmp_path / "w", http=client)
+    wallet = WalletClient(IDP, tmp_path / "w", http=client, development=True)
     with pytest.raises(WalletClientError) as info:
         wallet.enroll_with_eid(completer(standin, "weak"))
     assert info.value.status == 403 and "level of assurance" in info.value.description
@@ -117,7 +119,7 @@ def test_weak_eid_type_is_refused(client: TestClient, standin: object, tmp_path:
 def test_person_not_in_registry_gets_the_same_refusal(
     client: TestClient, standin: object, tmp_path: Path
 ) -> None:
-    wallet = WalletClient(IDP, tmp_path / "w", http=client)
+    wallet = WalletClient(IDP, tmp_path / "w", http=client, development=True)
     with pytest.raises(WalletClientError) as info:
         wallet.enroll_with_eid(completer(standin, "stranger"))
     assert info.value.status == 403
@@ -127,9 +129,9 @@ def test_person_not_in_registry_gets_the_same_refusal(
 def test_eid_links_the_restricted_id_for_recovery(
     client: TestClient, standin: object, tmp_path: Path
 ) -> None:
-    first = WalletClient(IDP, tmp_path / "a", http=client)
+    first = WalletClient(IDP, tmp_path / "a", http=client, development=True)
     first.enroll_with_eid(completer(standin, ROWS[5]["kvnr"]))
-    again = WalletClient(IDP, tmp_path / "b", http=client)
+    again = WalletClient(IDP, tmp_path / "b", http=client, development=True)
     recovered = again.enroll_with_eid(completer(standin, ROWS[5]["kvnr"]), replace_devices=True)
     assert recovered["revoked_devices"] == 1
     with pytest.raises(WalletClientError):

@@ -234,6 +234,10 @@ class SessionTicket:
     proofing_method: str
     proofed_at: int
     session_hash: bytes = field(repr=False)  # SHA-256 of the session token
+    # opened through the VAU channel: the token went to the wallet encrypted, the host knows
+    # only its bearer (healthid.protocol.device_auth.session_bearer); only such sessions may
+    # read the person's data through the channel
+    channel: bool = False
 
 
 def read_session_ticket(ticket: bytes) -> SessionTicket:
@@ -248,14 +252,15 @@ def read_session_ticket(ticket: bytes) -> SessionTicket:
     except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError):
         raise ValueError("not a session ticket") from None
     if not (
-        isinstance(fields_, list) and len(fields_) == 9 and fields_[0] == SESSION_TICKET_VERSION
+        isinstance(fields_, list) and len(fields_) == 10 and fields_[0] == SESSION_TICKET_VERSION
     ):
         raise ValueError("not a session ticket")
-    _, p, d, t, x, k, m, pa, h = fields_
+    _, p, d, t, x, k, m, pa, h, c = fields_
     if not (
         all(isinstance(v, str) for v in (p, d, k, m))
         and all(isinstance(v, int) and not isinstance(v, bool) for v in (t, x, pa))
         and isinstance(h, bytes)
+        and isinstance(c, bool)
     ):
         raise ValueError("not a session ticket")
     return SessionTicket(
@@ -267,6 +272,7 @@ def read_session_ticket(ticket: bytes) -> SessionTicket:
         proofing_method=m,
         proofed_at=pa,
         session_hash=h,
+        channel=c,
     )
 
 
@@ -473,8 +479,16 @@ VAU_OP_EGK_PROVE = "egk_prove"  # identity proofing with the eGK: the card's cer
 VAU_OP_ME = "me"  # the person's own display data
 VAU_OP_CONSENT_CLAIMS = "consent_claims"  # the consent screen: requested claims and values
 VAU_OP_HISTORY = "history"  # the person's own history, decrypted
+VAU_OP_LOGIN = "login"  # a device login whose session token only the wallet receives
 VAU_OPS = frozenset(
-    {VAU_OP_STATUS, VAU_OP_EGK_PROVE, VAU_OP_ME, VAU_OP_CONSENT_CLAIMS, VAU_OP_HISTORY}
+    {
+        VAU_OP_STATUS,
+        VAU_OP_EGK_PROVE,
+        VAU_OP_ME,
+        VAU_OP_CONSENT_CLAIMS,
+        VAU_OP_HISTORY,
+        VAU_OP_LOGIN,
+    }
 )
 VAU_SESSION_OPS = frozenset({VAU_OP_ME, VAU_OP_CONSENT_CLAIMS, VAU_OP_HISTORY})
 # the routing arguments an op's outer request carries (and its inner request repeats)
@@ -485,6 +499,8 @@ VAU_OP_ARGS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         VAU_OP_ME: (),
         VAU_OP_CONSENT_CLAIMS: ("client_id", "request_uri"),
         VAU_OP_HISTORY: (),
+        # the counter is routing too: the host advances the device's counter with it
+        VAU_OP_LOGIN: ("challenge_id", "device_id", "counter"),
     }
 )
 VAU_OK = "ok"  # VauReply.outcome of an answered request
@@ -522,6 +538,9 @@ class VauContext:
     claims: RequestedClaims | None = None
     challenge: bytes | None = None
     ticket: bytes | None = field(default=None, repr=False)  # the session's (session ops)
+    # ``login``: the device's record and the challenge, as for EnclaveClient.login; its
+    # counter is the outer one, its signature comes from inside the channel
+    login: LoginRequest | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -542,3 +561,6 @@ class VauReply:
     cid: str | None = None
     outcome: str = VAU_OK
     lookup: IdentityLookup | None = None
+    # ``login`` only: what the host keeps of the session (its ``session`` is the bearer; the
+    # token itself is in the encrypted body, for the wallet)
+    login: LoginGrant | None = None

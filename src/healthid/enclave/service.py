@@ -47,6 +47,7 @@ from healthid.enclave.sealing import SIMULATED_WARNING
 from healthid.enclave.sessions import Sessions
 from healthid.enclave.vau_endpoint import EnclaveAccess, VauEndpoint, wall_clock
 from healthid.enclave.vault import RootKey, Vault, VaultError, WrappedKey
+from healthid.protocol import device_auth
 from healthid.protocol.attestation import AppleConfig
 from healthid.protocol.audit import SignedCheckpoint
 from healthid.protocol.egk import EgkError, verify_egk_authentication
@@ -60,6 +61,7 @@ from healthid.protocol.oidc.loa import (
 )
 from healthid.protocol.tee import TeeAttestationError
 from healthid.protocol.vau import Environment
+from healthid.protocol.vau.cbor import CborValue
 
 KVNR_INDEX = "kvnr"
 NAME_BIRTH_INDEX = "name_birth"
@@ -342,7 +344,29 @@ class Enclave:
         return self._sessions.bind(request)
 
     async def login(self, request: api.LoginRequest) -> api.LoginGrant:
-        token, ticket, fields = self._sessions.login(request)
+        return await self._login(request, channel=False)
+
+    async def _channel_login(self, request: api.LoginRequest) -> tuple[CborValue, api.LoginGrant]:
+        """A login through the VAU channel: the wallet gets the token (encrypted), the host
+        its bearer and the ticket."""
+        grant = await self._login(request, channel=True)
+        ticket = self._sessions.ticket(grant.ticket)
+        assurance = derive_assurance(
+            method=ProofingMethod(ticket.proofing_method),
+            key_class=DeviceKeyClass(ticket.key_class),
+            proofed_at=ticket.proofed_at,
+            now=ticket.auth_time,
+        )
+        result: CborValue = {
+            "session": grant.session,
+            "auth_time": ticket.auth_time,
+            "acr": assurance.acr,
+            "amr": list(assurance.amr_v2),  # as the plain login reports it
+        }
+        return result, replace(grant, session=device_auth.session_bearer(grant.session))
+
+    async def _login(self, request: api.LoginRequest, *, channel: bool) -> api.LoginGrant:
+        token, ticket, fields = self._sessions.login(request, channel=channel)
         history = None
         if request.owner is not None and request.owner.wrapped_key is not None:
             if request.owner.pseudonym != fields.pseudonym:
@@ -496,6 +520,7 @@ class Enclave:
                 egk_prove=egk_prove,
                 today=self._today,
                 session_owner=lambda ticket, token: self._sessions.session(ticket, token).pseudonym,
+                login=self._channel_login,
             ),
             environment=(
                 Environment.TEST if self._tee == api.TEE_SIMULATED else Environment.PRODUCTION

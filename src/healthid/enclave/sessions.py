@@ -182,9 +182,14 @@ class Sessions:
             redeemed.pop(nonce, None)
 
     # -- 4. logins and session tickets -------------------------------------------------------
-    def login(self, request: api.LoginRequest) -> tuple[str, bytes, api.SessionTicket]:
+    def login(
+        self, request: api.LoginRequest, *, channel: bool = False
+    ) -> tuple[str, bytes, api.SessionTicket]:
         """Check the binding, the signature and the challenge (in that order: a refused
-        signature does not spend the challenge); issue the session and its ticket."""
+        signature does not spend the challenge); issue the session and its ticket.
+
+        ``channel``: the login came through the VAU channel and its token goes back only
+        inside it (the ticket says so)."""
         refused = SessionRefused("device authentication failed")
         expected = self._binding(
             pseudonym=request.pseudonym,
@@ -236,6 +241,7 @@ class Sessions:
             proofing_method=request.proofing_method,
             proofed_at=request.proofed_at,
             session_hash=session_hash(token),
+            channel=channel,
         )
         blob = self._signed(
             TICKET_PURPOSE,
@@ -248,6 +254,7 @@ class Sessions:
                 ticket.proofing_method,
                 ticket.proofed_at,
                 ticket.session_hash,
+                ticket.channel,
             ],
         )
         return token, blob, ticket
@@ -264,10 +271,14 @@ class Sessions:
         return ticket
 
     def session(self, blob: bytes | None, token: str) -> api.SessionTicket:
-        """The ticket of the session ``token`` (the wallet's own, as it sent it)."""
+        """The ticket of the session ``token`` (the wallet's own, as it sent it inside the
+        channel), which must have been opened through the channel: the token of a plain
+        login passed through the host."""
         if blob is None:
             raise SessionRefused("no session ticket")
         ticket = self.ticket(blob)
         if not hmac.compare_digest(ticket.session_hash, session_hash(token)):
             raise SessionRefused("the session ticket is for another session")
+        if not ticket.channel:
+            raise SessionRefused("log in through the channel to see personal data")
         return ticket

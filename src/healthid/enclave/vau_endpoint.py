@@ -50,6 +50,7 @@ from healthid.enclave import api
 from healthid.enclave.id_token import claim_values
 from healthid.enclave.registry.model import Policyholder
 from healthid.enclave.vault import VaultError
+from healthid.protocol import device_auth
 from healthid.protocol.vau import (
     Environment,
     KemMode,
@@ -123,6 +124,7 @@ class OpResult:
 
     result: CborValue
     lookup: api.IdentityLookup | None = None
+    login: api.LoginGrant | None = None  # the host's part of a channel login
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,6 +139,8 @@ class EnclaveAccess:
     today: Callable[[], date]
     # the pseudonym of a session (its ticket, the token the wallet sent); raises if refused
     session_owner: Callable[[bytes | None, str], str]
+    # a device login through the channel: (the wallet's result, the host's grant)
+    login: Callable[[api.LoginRequest], Awaitable[tuple[CborValue, api.LoginGrant]]]
 
 
 def _bad(description: str) -> OpRefused:
@@ -176,7 +180,10 @@ def check_context(inner: InnerRequest, context: api.VauContext) -> None:
     )
     if inner.op != context.op or inner.op not in api.VAU_OPS:
         raise mismatch
-    if not hmac.compare_digest(inner.session.encode(), context.session.encode()):
+    # a session op carries the session token inside and its bearer outside (the host never
+    # sees the token of a session opened through the channel)
+    bearer = device_auth.session_bearer(inner.session) if inner.session else ""
+    if not hmac.compare_digest(bearer.encode(), context.session.encode()):
         raise mismatch
     expected = api.VAU_OP_ARGS[inner.op]
     outer = dict(context.args)
@@ -223,6 +230,25 @@ async def _egk_prove(
     except api.ProofRejected as exc:
         raise OpRefused(403, "access_denied", str(exc), outcome="proof_rejected") from None
     return OpResult(result={"certificate": "verified", "method": lookup.method}, lookup=lookup)
+
+
+async def _login(access: EnclaveAccess, inner: InnerRequest, context: api.VauContext) -> OpResult:
+    """The device's signature (inside) over the enclave's challenge, for the device record
+    and counter the host names (outside): the session token goes back inside only."""
+    request = context.login
+    counter = dict(context.args).get("counter", "")
+    if request is None or not counter.isdigit() or len(counter) > 19:
+        raise _bad("no login context")
+    signature = _blob(inner.args, "signature")
+    try:
+        result, grant = await access.login(
+            replace(request, counter=int(counter), signature=signature)
+        )
+    except api.SessionRefused:
+        raise OpRefused(
+            401, "unauthorized", "device authentication failed", outcome="login_refused"
+        ) from None
+    return OpResult(result=result, login=grant)
 
 
 def _holder(access: EnclaveAccess, context: api.VauContext) -> Policyholder:
@@ -297,6 +323,8 @@ async def run_op(access: EnclaveAccess, inner: InnerRequest, context: api.VauCon
         return _consent_claims(access, inner, context)
     if inner.op == api.VAU_OP_HISTORY:
         return _history(access, context)
+    if inner.op == api.VAU_OP_LOGIN:
+        return await _login(access, inner, context)
     raise _bad("unknown op")  # status is answered by the endpoint itself
 
 
@@ -450,7 +478,7 @@ class VauEndpoint:
             return _refusal(exc)
         channel = replace(channel, session=session)
         self._channels[cid] = channel
-        outcome, lookup = api.VAU_OK, None
+        outcome, lookup, login = api.VAU_OK, None, None
         try:
             inner = parse_inner(request.plaintext)
             check_context(inner, context)
@@ -461,7 +489,7 @@ class VauEndpoint:
                 result: CborValue = {"status": "ok", "expires_at": session.expires_at}
             else:
                 answered = await run_op(self._access, inner, context)
-                result, lookup = answered.result, answered.lookup
+                result, lookup, login = answered.result, answered.lookup, answered.login
             plaintext = vau_cbor.encode({"ok": result})
         except OpRefused as exc:
             outcome = exc.outcome
@@ -472,10 +500,10 @@ class VauEndpoint:
             }
             plaintext = vau_cbor.encode({"error": error})
         except Exception as exc:  # an operation's bug must not leave the request unanswered
-            outcome, lookup = "internal_error", None
+            outcome, lookup, login = "internal_error", None, None
             _log.error("vau: %s failed with %s", context.op[:MAX_OP_CHARS], type(exc).__name__)
             plaintext = vau_cbor.encode({"error": _INTERNAL})
-        return self._answer(cid, request.counter, plaintext, outcome, lookup)
+        return self._answer(cid, request.counter, plaintext, outcome, lookup, login)
 
     def _check_session(self, inner: InnerRequest, context: api.VauContext) -> None:
         """The session is one this enclave issued, for the token the wallet sent, and the
@@ -515,6 +543,7 @@ class VauEndpoint:
         plaintext: bytes,
         outcome: str,
         lookup: api.IdentityLookup | None,
+        login: api.LoginGrant | None = None,
     ) -> api.VauReply:
         channel = self._channels.get(cid)  # the latest state (an operation may have awaited)
         if channel is None:
@@ -526,4 +555,4 @@ class VauEndpoint:
         except VauError as exc:
             return _refusal(exc)
         self._channels[cid] = replace(channel, session=session)
-        return api.VauReply(status=200, body=response, outcome=outcome, lookup=lookup)
+        return api.VauReply(status=200, body=response, outcome=outcome, lookup=lookup, login=login)

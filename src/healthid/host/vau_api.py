@@ -176,6 +176,17 @@ class VauRelay:
         if op == api.VAU_OP_EGK_PROVE:
             challenge = await self._wallet.egk_challenge(named["enrolment_id"], ip=ip)
             return VauContext(op=op, args=args, challenge=challenge)
+        if op == api.VAU_OP_LOGIN:
+            counter = named["counter"]
+            if not counter.isdigit() or len(counter) > 19:
+                raise WalletError("counter must be a non-negative integer")
+            login = await self._wallet.login_request(
+                challenge_id=named["challenge_id"],
+                device_id=named["device_id"],
+                counter=int(counter),
+                ip=ip,
+            )
+            return VauContext(op=op, args=args, login=login)
         pseudonym, sealed, ticket = await self._wallet.person(session)  # 401 unless logged in
         history: tuple[api.SealedHistoryEvent, ...] = ()
         claims = None
@@ -216,7 +227,19 @@ class VauRelay:
                 await self._wallet.egk_proven(dict(args)["enrolment_id"], reply.lookup, ip=ip)
             elif reply.outcome == "proof_rejected":
                 await self._wallet.egk_rejected(ip=ip)
+        elif op == api.VAU_OP_LOGIN and context.login is not None:
+            await self._login_done(reply, context.login, ip)
         return _reply(reply, OCTETS)
+
+    async def _login_done(self, reply: VauReply, request: api.LoginRequest, ip: str) -> None:
+        """The host's part of a login through the channel: the counter and the session
+        (under its bearer) when the enclave verified it, the failure counters when not. The
+        wallet's answer (its token) is in the encrypted reply; if the host cannot finish,
+        the session it names does not exist here and every use of it is refused."""
+        if reply.login is not None:
+            await self._wallet.login_finished(request, reply.login)
+        elif reply.outcome == "login_refused":
+            await self._wallet.login_failed(request.device_id, ip, "device authentication failed")
 
 
 def vau_routes(

@@ -15,7 +15,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from healthid.enclave.api import (
@@ -24,6 +24,7 @@ from healthid.enclave.api import (
     HistoryEvent,
     IdentityLookup,
     IdentityMatch,
+    LoginGrant,
     LoginRequest,
     SealedHistoryEvent,
     SealedPolicyholder,
@@ -79,6 +80,7 @@ DEVICE_ID_BYTES = 16
 _DEVICE_ID = re.compile(f"[0-9a-f]{{{2 * DEVICE_ID_BYTES}}}")
 _SESSION_SECRET = re.compile(r"[A-Za-z0-9_-]{43}")  # token_urlsafe(32)
 _ENROLMENT_ID = re.compile(r"[A-Za-z0-9_-]{24}")  # token_urlsafe(18)
+_CHALLENGE_ID = _ENROLMENT_ID  # login challenges' ids are made the same way
 DEVICE_CACHE_TTL = 600  # seconds a device's public record is cached for logins
 # Login challenges come from the enclave (it vouches for them and spends each once), fetched
 # this many at a time; one older than CHALLENGE_POOL_AGE is not handed out (the enclave
@@ -449,16 +451,44 @@ class WalletService:
             pool.extend((now, c) for c in fresh)
         return pool.popleft()[1]
 
-    async def login(
-        self, *, challenge_id: str, device_id: str, counter: int, signature: bytes, ip: str
-    ) -> LoginResult:
-        """Verify the device's signature over the challenge; single use, counter must rise."""
+    def _login_checks(self, device_id: str, ip: str) -> list[tuple[str, str, RateLimit]]:
         limits = self._limits
-        checks = [
+        return [
             ("auth_ip", ip, limits.failed_auth_per_ip),
             ("auth_dev_ip", f"{device_id}|{ip}", limits.failed_auth_per_device_ip),
             ("auth_dev", device_id, limits.failed_auth_per_device),
         ]
+
+    async def login(
+        self, *, challenge_id: str, device_id: str, counter: int, signature: bytes, ip: str
+    ) -> LoginResult:
+        """Verify the device's signature over the challenge; single use, counter must rise.
+
+        The session token passes through this host: it serves the plain wallet API (device
+        management, consent); the person's data needs a login through the VAU channel."""
+        request = await self.login_request(
+            challenge_id=challenge_id, device_id=device_id, counter=counter, ip=ip
+        )
+        try:
+            try:  # the enclave checks the binding, its challenge and the signature
+                grant = await self._enclave.login(replace(request, signature=signature))
+            except SessionRefused:
+                raise Unauthorized("device authentication failed") from None
+            return await self.login_finished(request, grant)
+        except WalletError as exc:
+            await self.login_failed(device_id, ip, exc.description)
+            raise
+
+    async def login_request(
+        self, *, challenge_id: str, device_id: str, counter: int, ip: str
+    ) -> LoginRequest:
+        """The enclave's login request for a device's answer to challenge ``challenge_id``
+        (without its signature): the challenge consumed, the failure limits checked."""
+        if not _DEVICE_ID.fullmatch(device_id):
+            raise Unauthorized("device authentication failed")
+        if not _CHALLENGE_ID.fullmatch(challenge_id):  # never one we issued
+            raise Unauthorized("unknown, expired or already used challenge")
+        checks = self._login_checks(device_id, ip)
         # one round trip: consume the challenge (single use), read the failure counters and
         # the device's cached public record
         raw, values = await self._store.consume_and_get(
@@ -468,19 +498,23 @@ class WalletService:
         counts, cached = values[:-1], values[-1]
         await self._rate.check_counts(checks, counts)
         try:
-            return await self._login(
-                raw, device_id=device_id, counter=counter, signature=signature, cached=cached
+            return await self._login_request(
+                raw, device_id=device_id, counter=counter, cached=cached
             )
         except WalletError as exc:
-            self._event(
-                AuditKind.LOGIN,
-                AuditOutcome.FAILURE,
-                subject=device_id if _DEVICE_ID.fullmatch(device_id) else None,
-                reason=exc.description[:200],
-            )
-            for name, subject, rule in checks:
-                await self._rate.count(name, subject, rule)
+            await self.login_failed(device_id, ip, exc.description)
             raise
+
+    async def login_failed(self, device_id: str, ip: str, reason: str) -> None:
+        """A refused login: recorded, and counted against the address and the device."""
+        self._event(
+            AuditKind.LOGIN,
+            AuditOutcome.FAILURE,
+            subject=device_id if _DEVICE_ID.fullmatch(device_id) else None,
+            reason=reason[:200],
+        )
+        for name, subject, rule in self._login_checks(device_id, ip):
+            await self._rate.count(name, subject, rule)
 
     async def _device_for_login(
         self, device_id: str, cached: bytes | None
@@ -521,15 +555,9 @@ class WalletService:
         await self._put(key, doc, DEVICE_CACHE_TTL)
         return found
 
-    async def _login(
-        self,
-        raw: bytes | None,
-        *,
-        device_id: str,
-        counter: int,
-        signature: bytes,
-        cached: bytes | None,
-    ) -> LoginResult:
+    async def _login_request(
+        self, raw: bytes | None, *, device_id: str, counter: int, cached: bytes | None
+    ) -> LoginRequest:
         failed = Unauthorized("device authentication failed")
         if raw is None:
             raise Unauthorized("unknown, expired or already used challenge")
@@ -551,27 +579,27 @@ class WalletService:
                 wrapped_key=wrapped_key,
                 records=(),
             )
-        try:  # the enclave checks the binding, its challenge and the signature
-            grant = await self._enclave.login(
-                LoginRequest(
-                    device_id=device_id,
-                    pseudonym=device.pseudonym,
-                    public_key=device.public_key,
-                    key_class=device.key_class,
-                    attestation_format=device.attestation_format,
-                    proofing_method=device.proofing_method,
-                    proofed_at=device.proofed_at,
-                    sign_count=device.sign_count,
-                    binding=device.binding,
-                    challenge=b64url_decode(state["challenge"]),
-                    counter=counter,
-                    signature=signature,
-                    session_ttl=self._session_ttl,
-                    owner=owner,
-                )
-            )
-        except SessionRefused:
-            raise failed from None
+        return LoginRequest(
+            device_id=device_id,
+            pseudonym=device.pseudonym,
+            public_key=device.public_key,
+            key_class=device.key_class,
+            attestation_format=device.attestation_format,
+            proofing_method=device.proofing_method,
+            proofed_at=device.proofed_at,
+            sign_count=device.sign_count,
+            binding=device.binding,
+            challenge=b64url_decode(state["challenge"]),
+            counter=counter,
+            signature=b"",
+            session_ttl=self._session_ttl,
+            owner=owner,
+        )
+
+    async def login_finished(self, request: LoginRequest, grant: LoginGrant) -> LoginResult:
+        """After the enclave verified a login: the device's counter advanced (with the sealed
+        history event) and the session stored under ``grant.session`` (the token of a plain
+        login, the bearer of one through the channel) with its ticket."""
         ticket = read_session_ticket(grant.ticket)
         entry = None
         if grant.history is not None:
@@ -580,33 +608,38 @@ class WalletService:
                 event_id=sealed.event_id, created_at=sealed.created_at, ciphertext=sealed.ciphertext
             )
         if not await self._devices.advance_counter_and_log(
-            device_id, counter, device.pseudonym, entry
+            request.device_id, request.counter, request.pseudonym, entry
         ):
-            raise failed  # a counter that did not go up (replay / clone), or just revoked
+            # a counter that did not go up (replay / clone), or just revoked
+            raise Unauthorized("device authentication failed")
         now = ticket.auth_time
-        session = grant.session
         await self._put(
-            f"devsess:{session}",
+            f"devsess:{grant.session}",
             {
-                "pseudonym": device.pseudonym,
-                "device_id": device_id,
+                "pseudonym": ticket.pseudonym,
+                "device_id": ticket.device_id,
                 "auth_time": now,
                 # what the assurance of this login rests on, as the device was bound
-                "key_class": device.key_class,
-                "proofing_method": device.proofing_method,
-                "proofed_at": device.proofed_at,
+                "key_class": ticket.key_class,
+                "proofing_method": ticket.proofing_method,
+                "proofed_at": ticket.proofed_at,
                 # the enclave's word on all of the above (checked where it matters)
                 "ticket": b64url_encode(grant.ticket),
             },
             self._session_ttl,
         )
-        self._event(AuditKind.LOGIN, actor=device.pseudonym, subject=device_id)
+        self._event(AuditKind.LOGIN, actor=ticket.pseudonym, subject=ticket.device_id)
         return LoginResult(
-            session=session,
-            device_id=device_id,
+            session=grant.session,
+            device_id=ticket.device_id,
             auth_time=now,
-            assurance=self._assurance(device, now),
-            pseudonym=device.pseudonym,
+            assurance=derive_assurance(
+                method=ProofingMethod(ticket.proofing_method),
+                key_class=DeviceKeyClass(ticket.key_class),
+                proofed_at=ticket.proofed_at,
+                now=now,
+            ),
+            pseudonym=ticket.pseudonym,
         )
 
     # -- device management ------------------------------------------------------------------

@@ -8,6 +8,9 @@ login (a replayed or cloned signature is refused: eid-egk-wallet-device.md §4.4
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -59,3 +62,20 @@ def verify(spki_der: bytes, signed: bytes, signature: bytes) -> bool:
     except InvalidSignature:
         return False
     return True
+
+
+_BEARER_LABEL = b"healthid-session-bearer-v1\x00"
+
+
+def session_bearer(session: str) -> str:
+    """The host-facing bearer of a device session ``<device id>.<secret>``: the same device
+    id and a one-way function of the whole token (base64url SHA-256, 43 characters).
+
+    A session opened through the VAU channel is known in full only to the wallet and the
+    enclave; the wallet shows the host this bearer (its plain wallet API calls, the outer
+    request of a channel call) and the enclave, given the full token inside the channel,
+    checks that it belongs to the bearer — which the host cannot turn back into the token.
+    """
+    device_id, _, _ = session.partition(".")
+    digest = hashlib.sha256(_BEARER_LABEL + session.encode("utf-8")).digest()
+    return f"{device_id}.{base64.urlsafe_b64encode(digest).rstrip(b'=').decode('ascii')}"

@@ -20,7 +20,7 @@ import base64
 import json
 import os
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -77,10 +77,16 @@ def b64d(text: str) -> bytes:
 
 @dataclass(frozen=True, kw_only=True)
 class Login:
+    """A device login. ``session``: what the host sees of it (the bearer of the plain wallet
+    API and of the channel's outer requests); ``token``: the session token itself, which a
+    login through the channel gets inside it only (the host cannot derive it from the
+    bearer), and which the enclave asks for before it shows the person's data."""
+
     session: str
     acr: str
     amr: list[str]
     device_id: str
+    token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -290,7 +296,58 @@ class WalletClient:
         return bound
 
     # -- login and device management --------------------------------------------------------
-    def login(self) -> Login:
+    def login(self, *, through_channel: bool = True) -> Login:
+        """Log in with the device key: through the VAU channel (the default; the session
+        token comes back encrypted, the host learns only its bearer) or through the plain
+        wallet API (``through_channel=False``: enough for device management and consent,
+        not for the person's data)."""
+        for attempt in (1, 2):
+            challenge_id, device_id, counter, signature = self._sign_challenge()
+            if not through_channel:
+                result = self._post(
+                    "/auth/assertions",
+                    {
+                        "challenge_id": challenge_id,
+                        "device_id": device_id,
+                        "counter": counter,
+                        "signature": b64e(signature),
+                    },
+                )
+                return Login(
+                    session=result["session"],
+                    acr=result["acr"],
+                    amr=result["amr"],
+                    device_id=device_id,
+                )
+            try:
+                result = self.channel().call(
+                    "login",
+                    args={
+                        "challenge_id": challenge_id,
+                        "device_id": device_id,
+                        "counter": str(counter),
+                    },
+                    inner={"signature": signature},
+                )
+            except ChannelError as exc:
+                if exc.channel_gone and attempt == 1:  # a new channel, and a new challenge
+                    self._channel = None
+                    continue
+                raise WalletClientError(
+                    exc.status, {"error": exc.error, "error_description": exc.description}
+                ) from None
+            token = str(result["session"])
+            return Login(
+                session=device_auth.session_bearer(token),
+                token=token,
+                acr=str(result["acr"]),
+                amr=list(result["amr"]),
+                device_id=device_id,
+            )
+        raise AssertionError("unreachable")
+
+    def _sign_challenge(self) -> tuple[str, str, int, bytes]:
+        """A fresh challenge signed with the device key and the next counter."""
         state = self.state()
         if "device_id" not in state:
             raise ValueError("this wallet has no bound device: enrol first")
@@ -300,23 +357,13 @@ class WalletClient:
         signed = device_auth.message(b64d(issued["challenge"]), device_id, counter)
         state["counter"] = counter  # spent even if the server refuses: never reuse a counter
         self._save(state)
-        result = self._post(
-            "/auth/assertions",
-            {
-                "challenge_id": issued["challenge_id"],
-                "device_id": device_id,
-                "counter": counter,
-                "signature": b64e(self._sign(signed)),
-            },
-        )
-        return Login(
-            session=result["session"], acr=result["acr"], amr=result["amr"], device_id=device_id
-        )
+        return issued["challenge_id"], device_id, counter, self._sign(signed)
 
     # -- personal data, through the channel --------------------------------------------------
     def me(self, session: str | None = None) -> Me:
-        """The person's own data (logs in with the device key unless given a session)."""
-        result = self._vau("me", session=session or self.login().session)
+        """The person's own data (logs in with the device key unless given the token of a
+        session opened through the channel)."""
+        result = self._vau("me", session=session or self.login().token)
         return Me(
             given_name=str(result["given_name"]),
             family_name=str(result["family_name"]),
@@ -326,7 +373,7 @@ class WalletClient:
 
     def history(self, session: str | None = None) -> list[HistoryItem]:
         """The person's history (newest first), decrypted in the enclave for them only."""
-        result = self._vau("history", session=session or self.login().session)
+        result = self._vau("history", session=session or self.login().token)
         return [
             HistoryItem(
                 kind=str(e["kind"]),
@@ -343,7 +390,7 @@ class WalletClient:
         client_id, request_uri, _ = _authorization(url)
         result = self._vau(
             "consent_claims",
-            session=session or self.login().session,
+            session=session or self.login().token,
             args={"client_id": client_id, "request_uri": request_uri},
         )
 
@@ -373,8 +420,9 @@ class WalletClient:
         their values, through the channel; ``show`` gets it), consent (to ``claims``, or to
         every requested claim), and return the redirect to the RP."""
         client_id, request_uri, base = _authorization(url)
-        session = self.login().session
-        screen = self.consent_claims(url, session)
+        login = self.login()
+        session = login.session
+        screen = self.consent_claims(url, login.token)
         if show is not None:
             show(screen)
         chosen = [c.claim for c in screen.claims] if claims is None else list(claims)

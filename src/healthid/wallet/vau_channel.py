@@ -31,6 +31,7 @@ from urllib.parse import urlencode
 import cbor2
 import httpx
 
+from healthid.protocol import device_auth
 from healthid.protocol.tee import TeePolicy, VerifiedAttestation
 from healthid.protocol.vau import (
     ClientConfig,
@@ -180,7 +181,8 @@ class VauChannel:
         inner: Mapping[str, CborValue] | None = None,
     ) -> Any:
         """One operation. ``args`` travel inside and outside (routing, never personal);
-        ``inner`` only inside. Returns the enclave's result or raises ChannelError."""
+        ``inner`` only inside, as does ``session``, the session token (outside: its bearer).
+        Returns the enclave's result or raises ChannelError."""
         if self._session is None:
             raise ChannelError(409, "vau_error", "the handshake has not finished")
         routing = dict(args or {})
@@ -190,8 +192,8 @@ class VauChannel:
         headers = {"Content-Type": OCTETS, OP_HEADER: op}
         if routing:
             headers[ARGS_HEADER] = urlencode(sorted(routing.items()))
-        if session:
-            headers["Authorization"] = f"Bearer {session}"
+        if session:  # the host sees the session's bearer only, never its token
+            headers["Authorization"] = f"Bearer {device_auth.session_bearer(session)}"
         answer = self._http.post(self._base + self._cid, content=message, headers=headers)
         if answer.status_code != 200:
             raise _refusal(answer)

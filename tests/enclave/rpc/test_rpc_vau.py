@@ -25,6 +25,7 @@ from rpc_testlib import (
 
 from healthid.enclave.api import VauContext
 from healthid.enclave.rpc import RemoteEnclave
+from healthid.protocol.device_auth import session_bearer
 from healthid.protocol.tee import TeePolicy, verify_attestation_document
 from healthid.protocol.vau import (
     ClientConfig,
@@ -35,6 +36,7 @@ from healthid.protocol.vau import (
 )
 from healthid.protocol.vau import cbor as vau_cbor
 from healthid.settings import Settings
+from session_testlib import login_request
 
 POLICY = TeePolicy(mrsigners=frozenset({b"\x01" * 32}), isv_prod_id=1)
 
@@ -101,23 +103,49 @@ async def test_the_channel_runs_through_the_enclave_process(
     session = client.receive_m4(config, confirmation, finished.body)
 
     sealed = (await import_people(remote, 1, seed=71))[0]
-    done = await log_in(remote, settings, sealed, people(1, seed=71)[0])
-    token = done.grant.session
+    done = await log_in(remote, settings, sealed, people(1, seed=71)[0])  # the device bound
+
+    def exchange(plaintext: bytes) -> bytes:
+        nonlocal session
+        session, message = client.encrypt_request(config, session, plaintext)
+        return message
+
+    def answer(body: bytes) -> dict[str, object]:
+        nonlocal session
+        session, raw = client.decrypt_response(config, session, body)
+        decoded = cbor2.loads(raw)
+        assert isinstance(decoded, dict)
+        return decoded
+
+    # a login through the channel: the token comes back inside, the host gets its bearer
+    (challenge,) = await remote.login_challenges(1)
+    signed = login_request(done, challenge, counter=2)
+    args = {"challenge_id": "c" * 24, "counter": "2", "device_id": done.device_id}
+    plaintext = vau_cbor.encode(
+        {"op": "login", "session": "", "args": {**args, "signature": signed.signature}}
+    )
+    login_context = VauContext(
+        op="login", args=tuple(sorted(args.items())), login=replace(signed, signature=b"")
+    )
+    logged_in = await remote.vau_request(reply.cid, exchange(plaintext), login_context)
+    assert logged_in.outcome == "ok" and logged_in.login is not None
+    token = answer(logged_in.body)["ok"]["session"]  # type: ignore[index]
+    assert logged_in.login.session == session_bearer(token)
+
     plaintext = vau_cbor.encode({"op": "me", "session": token, "args": {}})
-    session, message = client.encrypt_request(config, session, plaintext)
-    context = VauContext(op="me", session=token, pseudonym=sealed.pseudonym, sealed=sealed)
+    context = VauContext(
+        op="me", session=session_bearer(token), pseudonym=sealed.pseudonym, sealed=sealed
+    )
     # without the enclave's session ticket, the host's word on whose session it is is not enough
-    answered = await remote.vau_request(reply.cid, message, context)
+    answered = await remote.vau_request(reply.cid, exchange(plaintext), context)
     assert answered.status == 200 and answered.outcome == "session_refused"
-    session, raw = client.decrypt_response(config, session, answered.body)
-    assert cbor2.loads(raw)["error"]["status"] == 401
-    session, message = client.encrypt_request(config, session, plaintext)
-    context = replace(context, ticket=done.grant.ticket)
+    assert answer(answered.body)["error"]["status"] == 401  # type: ignore[index]
+    message = exchange(plaintext)
+    context = replace(context, ticket=logged_in.login.ticket)
     answered = await remote.vau_request(reply.cid, message, context)
     assert answered.status == 200 and answered.outcome == "ok"
-    session, raw = client.decrypt_response(config, session, answered.body)
-    me = cbor2.loads(raw)["ok"]
-    assert len(me["kvnr"]) == 10 and me["given_name"]
+    me = answer(answered.body)["ok"]
+    assert isinstance(me, dict) and len(me["kvnr"]) == 10 and me["given_name"]
 
     replayed = await remote.vau_request(reply.cid, message, context)
     assert replayed.status == 403 and replayed.outcome == "bad_counter"

@@ -675,6 +675,7 @@ def encode_vau_context(value: api.VauContext) -> dict[str, object]:
         "claims": None if value.claims is None else encode_requested_claims(value.claims),
         "challenge": value.challenge,
         "ticket": value.ticket,
+        "login": None if value.login is None else encode_login_request(value.login),
     }
 
 
@@ -692,6 +693,7 @@ def decode_vau_context(value: object, what: str = "VauContext") -> api.VauContex
             "claims",
             "challenge",
             "ticket",
+            "login",
         ),
     )
     return api.VauContext(
@@ -704,6 +706,7 @@ def decode_vau_context(value: object, what: str = "VauContext") -> api.VauContex
         claims=f.get("claims", optional(decode_requested_claims)),
         challenge=f.opt_blob("challenge"),
         ticket=f.opt_blob("ticket"),
+        login=f.get("login", optional(decode_login_request)),
     )
 
 
@@ -714,17 +717,19 @@ def encode_vau_reply(value: api.VauReply) -> dict[str, object]:
         "cid": value.cid,
         "outcome": value.outcome,
         "lookup": None if value.lookup is None else encode_identity_lookup(value.lookup),
+        "login": None if value.login is None else encode_login_grant(value.login),
     }
 
 
 def decode_vau_reply(value: object, what: str = "VauReply") -> api.VauReply:
-    f = Fields(value, what, ("status", "body", "cid", "outcome", "lookup"))
+    f = Fields(value, what, ("status", "body", "cid", "outcome", "lookup", "login"))
     return api.VauReply(
         status=f.count("status"),
         body=f.blob("body"),
         cid=f.opt_text("cid"),
         outcome=f.text("outcome"),
         lookup=f.get("lookup", optional(decode_identity_lookup)),
+        login=f.get("login", optional(decode_login_grant)),
     )
 
 
