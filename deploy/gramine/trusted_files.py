@@ -64,11 +64,11 @@ from typing import Any, Final
 ENCLAVE_MODULE: Final = "healthid.enclave_cli"
 # Imported by the enclave process only on some paths (a static import misses them).
 LAZY_ENCLAVE_MODULES: Final = (
-    "healthid.keys.pkcs11",  # key_backend=pkcs11, production (runtime.build_key_store)
+    "healthid.keys.pkcs11",  # key_backend=pkcs11, production (enclave_runtime.build_key_store)
     "healthid.enclave.attestation",  # GramineEvidence: /dev/attestation (tee=sgx)
 )
-# Imported only in development mode: runtime.load_egk_cas adds the TEST eGK CA. The manifest
-# fixes HEALTHID_MODE=production and must not trust them.
+# Imported only in development mode: enclave_runtime.load_egk_cas adds the TEST eGK CA. The
+# manifest fixes HEALTHID_MODE=production and must not trust them.
 DEVELOPMENT_ONLY_MODULES: Final = ("healthid.demo",)
 # Imported only because they are installed, by an import that may fail: the image does not
 # install them. Top-level import name -> why.
@@ -127,8 +127,6 @@ REQUIREMENTS_HEADER: Final = """\
 # installs exactly these and the healthid wheel, nothing else (README.md "Build"):
 #   pip install --no-deps --no-compile --require-hashes --target SITE_PACKAGES -r FILE
 # The release pipeline adds the hashes (pip-compile --generate-hashes, or pip hash).
-# Host-only, pulled in through healthid.runtime (README.md "Findings"): alembic, greenlet,
-# hiredis, mako, markupsafe, redis, sqlalchemy, starlette.
 """
 # Groups of files below a Python root, placed in site_packages by the image layout.
 _PYTHON_PACKAGE_GROUPS: Final = frozenset(
@@ -438,10 +436,10 @@ async def _drive_session(socket_path: Path, token_kid: str, data_dir: Path) -> N
     from healthid.demo.synthetic import synthetic_rows
     from healthid.enclave import api
     from healthid.enclave.rpc import RemoteEnclave
+    from healthid.enclave_runtime import EGK_TEST_CA_DIR
     from healthid.protocol import device_auth
     from healthid.protocol.jose.keys import public_jwk
     from healthid.protocol.oauth.token import TokenGrant
-    from healthid.runtime import EGK_TEST_CA_DIR
 
     remote = RemoteEnclave(socket_path)
     try:

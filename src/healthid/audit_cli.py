@@ -45,7 +45,7 @@ def _trusted_jwks(settings: Settings, public_key: Path | None) -> tuple[dict[str
     if public_key is None:
         if not settings.development:
             _fail("production: pass --public-key with the audit key pinned from the enclave")
-        from healthid.runtime import enclave_dir
+        from healthid.enclave_runtime import enclave_dir
 
         public_key = enclave_dir(settings) / AUDIT_PUBLIC_JWK_FILE
     try:

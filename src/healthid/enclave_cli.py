@@ -27,8 +27,10 @@ from pathlib import Path
 
 # httpx imports its own command-line client (rich, pygments) when those happen to be installed
 # (in a development environment, by test tools). The enclave image ships neither
-# (deploy/gramine/requirements.txt), so a development run does not load them either: the code
-# the enclave runs is the same in both, and the manifest's trace sees what the image holds.
+# (deploy/gramine/requirements.enclave.txt), so a development run does not load them either:
+# the code the enclave runs is the same in both, and the manifest's trace sees what the image
+# holds. The enclave is assembled by healthid.enclave_runtime, never by healthid.runtime (the
+# host's composition root, which imports the web app and the stores).
 for _cli_only in ("rich", "pygments"):
     sys.modules.setdefault(_cli_only, None)  # type: ignore[arg-type]
 
@@ -40,8 +42,7 @@ from healthid.enclave.rpc.client import RemoteEnclave
 from healthid.enclave.rpc.server import EnclaveServer, EnclaveServerError
 from healthid.enclave.sealed_keys import seal_key, write_new
 from healthid.enclave.sealing import SealingError
-from healthid.keys.base import KeyStoreError
-from healthid.runtime import (
+from healthid.enclave_runtime import (
     IDENTITY_KEY_FILE,
     StartupError,
     build_enclave,
@@ -51,6 +52,7 @@ from healthid.runtime import (
     key_release_policy,
     root_key_sealer,
 )
+from healthid.keys.base import KeyStoreError
 from healthid.settings import CONFIG_ENV, Settings, SettingsError, load_settings
 
 

@@ -1,19 +1,19 @@
-"""The composition root: builds the parts of a healthid process from :class:`Settings`.
+"""The host's composition root: builds the parts of a healthid host process from
+:class:`Settings`.
 
 The only module that wires host and enclave together; in the embedded default the enclave
-runs in-process (``tee: simulated``).
+runs in-process (``tee: simulated``), built by the enclave's own composition root,
+:mod:`healthid.enclave_runtime` (its names are re-exported here). The enclave process imports
+that module, never this one: this one imports the web app and the stores.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -22,26 +22,27 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from healthid.eid.client import EidClient, EidClientConfig
-from healthid.eid.transport import TransportConfig
-from healthid.enclave.attestation import (
-    EvidenceProvider,
-    GramineAttestationError,
-    GramineEvidence,
-)
-from healthid.enclave.audit_signer import AuditSigner
-from healthid.enclave.key_release import (
-    KeyReleaseService,
-    MeasuredSimulatedEvidence,
-    ReleasingEnclave,
-    simulated_body,
-)
-from healthid.enclave.relying_parties import FederationAnchor
 from healthid.enclave.rpc.client import RemoteEnclave
-from healthid.enclave.sealed_keys import load_or_create_key
-from healthid.enclave.sealing import GramineSealer, RootKeySealer, SimulatedFileSealer
 from healthid.enclave.service import Enclave
-from healthid.enclave.vault import Vault
+from healthid.enclave_runtime import (
+    EGK_TEST_CA_DIR,
+    IDENTITY_KEY_FILE,
+    ROOT_KEY_FILE,
+    SGX_ROOT_KEY_FILE,
+    SGX_SEALED_ROOT_DIR,
+    StartupError,
+    apple_config,
+    build_enclave,
+    build_key_store,
+    eid_client_factory,
+    enclave_dir,
+    enclave_evidence,
+    federation_anchor,
+    key_release_policy,
+    load_egk_cas,
+    pinned_master_jwks,
+    root_key_sealer,
+)
 from healthid.host.app import HostDeps, create_app
 from healthid.host.attestation import AttestationPolicy
 from healthid.host.federation_api import SIGNED_JWKS_PATH, AppLinks, FederationPublisher
@@ -50,13 +51,11 @@ from healthid.host.oidc_service import OidcService, RelyingPartyResolver
 from healthid.host.relying_parties import RelyingPartyRegistry
 from healthid.host.wallet_service import DEVICE_SESSION_TTL, WalletService
 from healthid.keys.base import SigningKeyStore
-from healthid.keys.file import FileKeyStore
 from healthid.keys.rotation import KeyRing
 from healthid.protocol.federation import ResolvedRelyingParty
 from healthid.protocol.federation.provider import ProviderConfiguration
 from healthid.protocol.oauth.errors import InvalidClientError
-from healthid.protocol.tee import TeePolicy, TeePolicyError
-from healthid.settings import KeyBackend, Settings, TeeKind
+from healthid.settings import Settings
 from healthid.store.ephemeral import EphemeralStore, open_ephemeral_store
 from healthid.store.sql.audit import AuditLog
 from healthid.store.sql.devices import DeviceRepository
@@ -64,10 +63,39 @@ from healthid.store.sql.engine import create_engine, upgrade
 from healthid.store.sql.keyring import SqlKeyRingRepository
 from healthid.store.sql.policyholders import PolicyholderRepository
 
-ROOT_KEY_FILE = "root-key.simulated-tee.INSECURE.json"
-# tee=sgx: the root key on Gramine's _sgx_mrenclave encrypted mount (healthid.enclave.sealing)
-SGX_SEALED_ROOT_DIR = "sealed-root"
-SGX_ROOT_KEY_FILE = "root-key.sgx-sealed.json"
+__all__ = [
+    "CLOCK_SKEW",
+    "DEV_FEDMASTER_URL",
+    "EGK_TEST_CA_DIR",
+    "IDENTITY_KEY_FILE",
+    "KEY_PURPOSES",
+    "KEY_RING_CACHE_SECONDS",
+    "KOMP_TEST_CA_DIR",
+    "ROOT_KEY_FILE",
+    "SGX_ROOT_KEY_FILE",
+    "SGX_SEALED_ROOT_DIR",
+    "Runtime",
+    "StartupError",
+    "apple_config",
+    "attestation_policy",
+    "build_app",
+    "build_enclave",
+    "build_key_store",
+    "eid_client_factory",
+    "enclave_dir",
+    "enclave_evidence",
+    "federation_anchor",
+    "key_release_policy",
+    "load_egk_cas",
+    "open_runtime",
+    "pinned_master_jwks",
+    "prepare_for_workers",
+    "provider_configuration",
+    "root_key_sealer",
+    "token_certificate_chains",
+    "worker_app",
+]
+
 CLOCK_SKEW = 300  # seconds verifiers may be off; added to what a key signed may live
 # Signing key purposes and the longest lifetime of anything each signs (seconds):
 # entity statements and signed JWKS live 2 h (gematik-sectoral-idp.md §3), ID tokens 300 s.
@@ -75,117 +103,6 @@ KEY_PURPOSES: dict[str, int] = {
     "federation": 2 * 60 * 60 + CLOCK_SKEW,
     "token": 300 + CLOCK_SKEW,
 }
-
-
-class StartupError(Exception):
-    """The process cannot be assembled from these settings."""
-
-
-def enclave_dir(settings: Settings) -> Path:
-    return settings.data_dir / "enclave"
-
-
-def build_key_store(settings: Settings) -> SigningKeyStore:
-    """The signing key store: key files in development, the HSM (PKCS#11) in production."""
-    if settings.key_backend is KeyBackend.FILE:
-        return FileKeyStore(settings.data_dir / "keys")
-    from healthid.keys.pkcs11 import Pkcs11KeyStore
-
-    if not (settings.pkcs11_module and settings.pkcs11_token_label and settings.pkcs11_pin):
-        raise StartupError("key_backend=pkcs11 needs HEALTHID_PKCS11_MODULE, _TOKEN_LABEL and _PIN")
-    return Pkcs11KeyStore(
-        settings.pkcs11_module,
-        settings.pkcs11_token_label,
-        settings.pkcs11_pin.get_secret_value(),
-    )
-
-
-def enclave_evidence(settings: Settings) -> EvidenceProvider:
-    """The enclave's evidence: simulated (with its SIMULATED report body) in development, an
-    SGX DCAP quote from Gramine with tee=sgx (refused outside Gramine-SGX)."""
-    if settings.tee is TeeKind.SIMULATED:
-        try:
-            return MeasuredSimulatedEvidence(body=simulated_body(settings.simulated_measurement))
-        except ValueError as exc:
-            raise StartupError(f"HEALTHID_SIMULATED_MEASUREMENT: {exc}") from exc
-    provider = GramineEvidence()
-    try:
-        provider.check_available()
-    except GramineAttestationError as exc:
-        raise StartupError(
-            f"tee=sgx: {exc}. The enclave runs as its own process under Gramine-SGX; a host "
-            "reaches it through HEALTHID_ENCLAVE_SOCKET"
-        ) from exc
-    return provider
-
-
-def root_key_sealer(settings: Settings) -> RootKeySealer:
-    """Where the root key is sealed: a file marked insecure (simulated), or Gramine's
-    ``_sgx_mrenclave`` encrypted mount (sgx; see healthid.enclave.sealing)."""
-    if settings.tee is TeeKind.SIMULATED:
-        return SimulatedFileSealer(enclave_dir(settings) / ROOT_KEY_FILE)
-    return GramineSealer(settings.data_dir / SGX_SEALED_ROOT_DIR / SGX_ROOT_KEY_FILE)
-
-
-def key_release_policy(settings: Settings) -> TeePolicy | None:
-    """The configured key-release policy (None: the same enclave as this one)."""
-    if settings.key_release_policy is None:
-        return None
-    try:
-        return TeePolicy.from_json(settings.key_release_policy.read_text(encoding="utf-8"))
-    except (OSError, TeePolicyError) as exc:
-        raise StartupError(f"HEALTHID_KEY_RELEASE_POLICY: {exc}") from exc
-
-
-def build_enclave(
-    settings: Settings, token_signer: Callable[[str, bytes], bytes] | None = None
-) -> ReleasingEnclave:
-    """The enclave service: in-process for the host in development (simulated TEE), or in the
-    enclave process (``healthid enclave serve``; tee=sgx only under Gramine-SGX)."""
-    evidence = enclave_evidence(settings)  # first: tee=sgx outside Gramine creates nothing
-    policy = key_release_policy(settings)
-    root = root_key_sealer(settings).load_or_create()
-    workers = settings.enclave_workers or os.cpu_count() or 1
-    identity = load_or_create_key(root, "identity", enclave_dir(settings) / IDENTITY_KEY_FILE)
-    anchor = federation_anchor(settings)
-    if anchor is None and settings.tee is not TeeKind.SIMULATED:
-        raise StartupError(
-            "tee=sgx: the enclave verifies relying parties itself and needs the federation "
-            "master: HEALTHID_FEDMASTER_URL and HEALTHID_FEDMASTER_JWKS_FILE"
-        )
-    return ReleasingEnclave(
-        Vault(root),
-        key_release=KeyReleaseService(
-            root=root, identity=identity.public_key(), evidence=evidence, policy=policy
-        ),
-        root=root,
-        workers=workers,
-        tee=settings.tee.value,
-        allow_test_kvnr=settings.development,
-        egk_cas=load_egk_cas(settings),
-        eid_client_factory=eid_client_factory(settings),
-        token_signer=token_signer,
-        identity_key=identity,
-        audit=AuditSigner.load_or_create(root, enclave_dir(settings)),
-        evidence=evidence,
-        federation=anchor,
-        apple=attestation_policy(settings).apple,
-    )
-
-
-def federation_anchor(settings: Settings) -> FederationAnchor | None:
-    """The federation master the enclave trusts (to verify relying parties before it
-    encrypts an ID token to them), when one is configured."""
-    if not (settings.fedmaster_url and settings.fedmaster_jwks_file):
-        return None
-    return FederationAnchor(
-        entity_id=settings.fedmaster_url,
-        jwks=pinned_master_jwks(settings.fedmaster_jwks_file),
-        allow_http=settings.development,
-    )
-
-
-IDENTITY_KEY_FILE = "identity-key.sealed.json"  # the enclave's attested identity key
 KEY_RING_CACHE_SECONDS = 5  # each worker rereads the signing-key schedule this often
 DEV_FEDMASTER_URL = "http://127.0.0.1:8081"  # `healthid fedmaster` in development
 KOMP_TEST_CA_DIR = "komp-test-ca"
@@ -256,24 +173,13 @@ def _token_certificate_chains(settings: Settings) -> Callable[[dict[str, Any]], 
 
 
 def attestation_policy(settings: Settings) -> AttestationPolicy:
-    """Which device attestations the wallet API accepts, from the settings."""
-    from healthid.protocol.attestation import (
-        AndroidConfig,
-        AppleConfig,
-        apple_app_attestation_roots,
-        google_hardware_attestation_roots,
-    )
+    """Which device attestations the wallet API accepts, from the settings (Apple App
+    Attest as the enclave checks it, :func:`healthid.enclave_runtime.apple_config`)."""
+    from healthid.protocol.attestation import AndroidConfig, google_hardware_attestation_roots
 
-    apple = android = None
-    try:
-        if settings.apple_team_id and settings.apple_bundle_id:
-            apple = AppleConfig(
-                team_id=settings.apple_team_id,
-                bundle_id=settings.apple_bundle_id,
-                roots=tuple(apple_app_attestation_roots()),
-                production=not settings.apple_development_environment,
-            )
-        if settings.android_package_names and settings.android_signing_cert_digests:
+    android = None
+    if settings.android_package_names and settings.android_signing_cert_digests:
+        try:
             android = AndroidConfig(
                 roots=tuple(google_hardware_attestation_roots()),
                 package_names=frozenset(settings.android_package_names),
@@ -283,49 +189,14 @@ def attestation_policy(settings: Settings) -> AttestationPolicy:
                 require_strongbox=settings.android_require_strongbox,
                 min_os_patch_level=settings.android_min_patch_level,
             )
-    except ValueError as exc:
-        raise StartupError(f"device attestation settings: {exc}") from exc
+        except ValueError as exc:
+            raise StartupError(f"device attestation settings: {exc}") from exc
     return AttestationPolicy(
         app_id=settings.wallet_app_id,
         allow_software=settings.development,
-        apple=apple,
+        apple=apple_config(settings),
         android=android,
     )
-
-
-def eid_client_factory(settings: Settings) -> Callable[[], EidClient] | None:
-    """How the enclave reaches the eID-Server (None: eID proofing is not configured)."""
-    if settings.eid_server_url is None:
-        return None
-    config = EidClientConfig(
-        endpoint=settings.eid_server_url,
-        poll_attempts=1,  # the wallet asks again; the enclave never blocks on a user
-        transport=TransportConfig(allow_plain_http=settings.development),
-    )
-    return lambda: EidClient(config)
-
-
-EGK_TEST_CA_DIR = "egk-test-ca"
-
-
-def load_egk_cas(settings: Settings) -> list[x509.Certificate]:
-    """The configured eGK CA certificates; development mode adds the test eGK CA."""
-    cas: list[x509.Certificate] = []
-    for path in settings.egk_ca_files:
-        raw = path.read_bytes()
-        try:
-            cas.append(
-                x509.load_pem_x509_certificate(raw)
-                if b"-----BEGIN" in raw
-                else x509.load_der_x509_certificate(raw)
-            )
-        except ValueError as exc:
-            raise StartupError(f"HEALTHID_EGK_CA_FILES: {path} is not a certificate") from exc
-    if settings.development:
-        from healthid.demo.egk_test_ca import TestEgkCa
-
-        cas.append(TestEgkCa.create(settings.data_dir / EGK_TEST_CA_DIR).certificate)
-    return cas
 
 
 @dataclass(kw_only=True)
@@ -410,17 +281,6 @@ async def open_runtime(settings: Settings, *, migrate: bool | None = None) -> Ru
         devices=DeviceRepository(engine),
         audit=AuditLog(engine),
     )
-
-
-def pinned_master_jwks(path: Path) -> dict[str, Any]:
-    """The federation master's pinned key(s): a JWKS or a single JWK file."""
-    try:
-        pinned = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise StartupError(f"HEALTHID_FEDMASTER_JWKS_FILE: {path} is not a JWK/JWKS file") from exc
-    if not isinstance(pinned, dict):
-        raise StartupError(f"HEALTHID_FEDMASTER_JWKS_FILE: {path} is not a JWK/JWKS file")
-    return pinned if "keys" in pinned else {"keys": [pinned]}
 
 
 class _UnconfiguredFederation:

@@ -45,8 +45,8 @@ from typing import Any
 
 import pytest
 
+from healthid.enclave_runtime import enclave_dir, root_key_sealer
 from healthid.protocol.tee.policy import TeePolicy
-from healthid.runtime import enclave_dir, root_key_sealer
 from healthid.settings import Settings, TeeKind
 
 GRAMINE_DIR = Path(__file__).resolve().parents[2] / "deploy" / "gramine"
@@ -202,8 +202,8 @@ def test_the_manifest_refuses_to_trust_development_only_code(
 def test_every_site_packages_entry_is_still_needed(
     traced: list[Any], manifest: dict[str, Any]
 ) -> None:
-    """No stale entry widens the enclave's code base. When enclave_cli stops importing
-    healthid.runtime (README.md "Findings"), the host-only entries fail here: remove them."""
+    """No stale entry widens the enclave's code base (a distribution or healthid package the
+    enclave stopped importing fails here: remove its entry)."""
     layout = tf.Layout.from_manifest(manifest)
     needed = [
         tf.source_of(layout.image_path(f))
@@ -213,6 +213,33 @@ def test_every_site_packages_entry_is_still_needed(
     entries = [e for e in tf.trusted_entries(manifest) if e.path.startswith(SITE_PACKAGES + "/")]
     unused = [e.uri for e in entries if not any(tf.covered_by(p, [e]) for p in needed)]
     assert not unused
+
+
+HOST_ONLY = ("healthid.host", "healthid.store", "healthid.runtime", "starlette", "sqlalchemy")
+HOST_ONLY += ("asyncpg", "redis", "hiredis", "alembic", "mako", "greenlet", "prometheus_client")
+
+
+def test_the_enclave_process_loads_no_host_code(traced: list[Any]) -> None:
+    """issue #5: enclave_cli builds the enclave through healthid.enclave_runtime and loads
+    none of the host (its web app, stores and their libraries)."""
+    loaded = {m for f in traced for m in f.modules}
+    assert not [m for m in loaded if any(m == h or m.startswith(h + ".") for h in HOST_ONLY)]
+
+
+@pytest.mark.parametrize(
+    "host_file",
+    [
+        "healthid/runtime.py",  # the host's composition root
+        "healthid/host/app.py",
+        "healthid/store/sql/engine.py",
+        "starlette/applications.py",
+        "sqlalchemy/__init__.py",
+        "redis/__init__.py",
+        "alembic/__init__.py",
+    ],
+)
+def test_the_manifest_trusts_no_host_code(manifest: dict[str, Any], host_file: str) -> None:
+    assert tf.covered_by(f"{SITE_PACKAGES}/{host_file}", tf.trusted_entries(manifest)) is None
 
 
 def test_requirements_pin_exactly_the_distributions_the_enclave_imports(

@@ -10,10 +10,8 @@ the IdP's trusted proxy (127.0.0.1, nginx) is a different address than any clien
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
-import secrets
 import socket
 import ssl
 from collections.abc import Iterator
@@ -53,7 +51,7 @@ from healthid.protocol.jose import decrypt_id_token
 from healthid.runtime import EGK_TEST_CA_DIR, build_app
 from healthid.settings import Settings, load_settings
 from healthid.wallet.client import WalletClient
-from rp_testlib import REDIRECT, RP, StubResolver, resolved_rp
+from rp_testlib import REDIRECT, RP, StubResolver, par_form, pkce, resolved_rp
 from stack_testlib import import_synthetic_registry
 
 ROWS = list(synthetic_rows(4, seed=29))
@@ -103,26 +101,6 @@ def pem_header(cert: x509.Certificate) -> str:
     return quote(cert.public_bytes(serialization.Encoding.PEM).decode())
 
 
-def pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    digest = hashlib.sha256(verifier.encode()).digest()
-    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-
-
-def par_form(challenge: str) -> dict[str, str]:
-    return {
-        "client_id": RP,
-        "state": "st-nginx",
-        "redirect_uri": REDIRECT,
-        "code_challenge": challenge,
-        "code_challenge_method": "S256",
-        "response_type": "code",
-        "nonce": "n-nginx",
-        "scope": SCOPES,
-        "acr_values": "gematik-ehealth-loa-substantial",
-    }
-
-
 def _import_registry(settings: Settings) -> None:
     import_synthetic_registry(settings, 4, seed=29)
 
@@ -156,7 +134,9 @@ def push(stack: Stack, client: SelfSignedClient | None, **headers: str) -> httpx
     _, challenge = pkce()
     with https(stack.pki, client) as http:
         return http.post(
-            f"{stack.front.mtls_url}/PAR_Auth", data=par_form(challenge), headers=headers
+            f"{stack.front.mtls_url}/PAR_Auth",
+            data=par_form(challenge, state="st-nginx", nonce="n-nginx", scope=SCOPES),
+            headers=headers,
         )
 
 
@@ -203,7 +183,9 @@ def test_public_host_does_not_serve_par_or_token(stack: Stack) -> None:
     with https(stack.pki, stack.rp.tls) as http:
         headers = {"X-SSL-CERT": pem_header(stack.rp.tls.cert)}
         par = http.post(
-            f"{stack.front.public_url}/PAR_Auth", data=par_form(challenge), headers=headers
+            f"{stack.front.public_url}/PAR_Auth",
+            data=par_form(challenge, state="st-nginx", nonce="n-nginx", scope=SCOPES),
+            headers=headers,
         )
         token = http.post(f"{stack.front.public_url}/token", data={}, headers=headers)
         config = http.get(f"{stack.front.public_url}/.well-known/openid-federation")
@@ -232,7 +214,10 @@ def test_token_request_through_nginx_returns_an_id_token(stack: Stack, tmp_path:
             stack.front.public_url, tmp_path / "wallet", http=app_http, development=True
         )
         wallet.enroll_with_egk(card)
-        pushed = rp_http.post(f"{stack.front.mtls_url}/PAR_Auth", data=par_form(challenge))
+        pushed = rp_http.post(
+            f"{stack.front.mtls_url}/PAR_Auth",
+            data=par_form(challenge, state="st-nginx", nonce="n-nginx", scope=SCOPES),
+        )
         assert pushed.status_code == 201, pushed.text
         auth_url = (
             f"{stack.front.public_url}/auth?client_id={quote(RP, safe='')}"

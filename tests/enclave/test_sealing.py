@@ -17,7 +17,7 @@ from healthid.enclave.sealing import (
     SimulatedFileSealer,
 )
 from healthid.enclave.vault import RootKey
-from healthid.runtime import (
+from healthid.enclave_runtime import (
     ROOT_KEY_FILE,
     StartupError,
     build_enclave,

@@ -28,10 +28,10 @@ from healthid.enclave.api import (
     SealedPolicyholder,
 )
 from healthid.enclave.service import Enclave
+from healthid.enclave_runtime import EGK_TEST_CA_DIR, build_enclave
 from healthid.keys.file import FileKeyStore
 from healthid.protocol.jose.keys import public_jwk
 from healthid.protocol.oauth.token import TokenGrant
-from healthid.runtime import EGK_TEST_CA_DIR, build_enclave
 from healthid.settings import Settings, load_settings
 from session_testlib import LoggedIn, log_in_with_card
 

@@ -30,7 +30,7 @@ from healthid.enclave.key_release import (
     simulated_body,
 )
 from healthid.enclave.rpc import EnclaveServer, RemoteEnclave, RpcError
-from healthid.runtime import IDENTITY_KEY_FILE, ROOT_KEY_FILE
+from healthid.enclave_runtime import IDENTITY_KEY_FILE, ROOT_KEY_FILE
 from healthid.settings import Settings
 
 EVENT = api.HistoryEvent(kind="login", at=1_700_000_000, device_id="d1", detail="rp")
