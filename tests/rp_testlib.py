@@ -3,6 +3,9 @@ registration, and a resolver that knows only it (the federation resolver has its
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import secrets
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
@@ -104,4 +107,29 @@ def token_form(code: str, verifier: str) -> dict[str, str]:
         "code_verifier": verifier,
         "client_id": RP,
         "redirect_uri": REDIRECT,
+    }
+
+
+def pkce() -> tuple[str, str]:
+    """A PKCE verifier and its S256 challenge."""
+    verifier = secrets.token_urlsafe(48)
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def par_form(
+    challenge: str, *, state: str = "st-123", nonce: str = "n-456", **extra: str
+) -> dict[str, str]:
+    """The PAR of the relying party ``RP`` (``extra`` overrides or adds parameters)."""
+    return {
+        "client_id": RP,
+        "state": state,
+        "redirect_uri": REDIRECT,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "response_type": "code",
+        "nonce": nonce,
+        "scope": SCOPES,
+        "acr_values": "gematik-ehealth-loa-substantial",
+        **extra,
     }

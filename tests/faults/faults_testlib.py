@@ -9,10 +9,7 @@ own clock.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
-import secrets
 import threading
 import time
 from collections import Counter
@@ -51,7 +48,7 @@ from healthid.runtime import EGK_TEST_CA_DIR, build_app
 from healthid.settings import Settings, load_settings
 from healthid.store.ephemeral import MemoryEphemeralStore
 from healthid.wallet.client import WalletClient
-from rp_testlib import REDIRECT, RP, SCOPES, FakeRp
+from rp_testlib import REDIRECT, RP, SCOPES, FakeRp, par_form
 
 IDP = "http://testserver"
 FETCH_PATH = "/federation/fetch"
@@ -65,26 +62,6 @@ HUGE_CHUNK = 64 * 1024
 
 
 # -- the login flow -------------------------------------------------------------------------
-def pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    digest = hashlib.sha256(verifier.encode()).digest()
-    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-
-
-def par_form(
-    challenge: str, *, client_id: str = RP, redirect_uri: str = REDIRECT, nonce: str = "n-456"
-) -> dict[str, str]:
-    return {
-        "client_id": client_id,
-        "state": "st-123",
-        "redirect_uri": redirect_uri,
-        "code_challenge": challenge,
-        "code_challenge_method": "S256",
-        "response_type": "code",
-        "nonce": nonce,
-        "scope": SCOPES,
-        "acr_values": "gematik-ehealth-loa-substantial",
-    }
 
 
 def enrolled_wallet(

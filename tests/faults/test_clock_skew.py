@@ -26,7 +26,6 @@ from faults_testlib import (
     enrolled_wallet,
     loopback_federation,
     member_form,
-    pkce,
     push,
     redeem,
     rp_accepts,
@@ -38,7 +37,7 @@ from healthid.demo.synthetic import synthetic_rows
 from healthid.protocol.jose import CLOCK_SKEW_SECONDS, decrypt_id_token
 from healthid.protocol.jose.keys import b64url_decode
 from healthid.settings import Settings
-from rp_testlib import FakeRp
+from rp_testlib import FakeRp, pkce
 from stack_testlib import import_synthetic_registry
 
 SKEW = 30  # seconds: the drift the checklist says the platform must survive

@@ -25,13 +25,12 @@ from faults_testlib import (
     embedded_settings,
     loopback_federation,
     member_form,
-    pkce,
     push,
 )
 
 from healthid.host import fetch
 from healthid.settings import Settings
-from rp_testlib import FakeRp
+from rp_testlib import FakeRp, pkce
 
 # What "quickly" means for a refused PAR whose fetch misbehaves: the fetch deadline it hit,
 # plus the rest of the PAR (two good fetches, signature checks) on a shared, busy machine.

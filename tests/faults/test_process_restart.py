@@ -16,7 +16,6 @@ from faults_testlib import (
     code_of,
     consent,
     enrolled_wallet,
-    pkce,
     push,
     redeem,
     rp_accepts,
@@ -28,7 +27,7 @@ from healthid.demo.synthetic import synthetic_rows
 from healthid.runtime import build_app
 from healthid.settings import Settings
 from healthid.wallet.client import WalletClient
-from rp_testlib import FakeRp, StubResolver
+from rp_testlib import FakeRp, StubResolver, pkce
 from stack_testlib import BACKENDS, import_synthetic_registry, settings_for
 
 ROWS = list(synthetic_rows(3, seed=29))

@@ -24,7 +24,6 @@ from faults_testlib import (
     consent,
     embedded_settings,
     enrolled_wallet,
-    pkce,
     push,
     redeem,
     rp_accepts,
@@ -50,7 +49,7 @@ from healthid.protocol.jose import TYP_ID_TOKEN, check_times, sign_compact, veri
 from healthid.protocol.jose.errors import JoseError
 from healthid.settings import Settings
 from healthid.store.sql.keyring import SqlKeyRingRepository
-from rp_testlib import RP, FakeRp, StubResolver
+from rp_testlib import RP, FakeRp, StubResolver, pkce
 from stack_testlib import import_synthetic_registry
 
 ID_TOKEN_LIFETIME = 300  # spec §8

@@ -5,37 +5,16 @@ every encoding it could travel in."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from rp_testlib import REDIRECT, RP, SCOPES
+from rp_testlib import RP
+from rp_testlib import par_form as rp_par_form
 
 MIN_FRAGMENT = 8  # base64/hex fragments shorter than this could occur by chance
-
-
-def pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    digest = hashlib.sha256(verifier.encode()).digest()
-    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-
-
-def par_form(challenge: str) -> dict[str, str]:
-    return {
-        "client_id": RP,
-        "state": "st-1",
-        "redirect_uri": REDIRECT,
-        "code_challenge": challenge,
-        "code_challenge_method": "S256",
-        "response_type": "code",
-        "nonce": "n-1",
-        "scope": SCOPES,
-        "acr_values": "gematik-ehealth-loa-substantial",
-    }
 
 
 def authorization_url(base: str, request_uri: str) -> str:
@@ -164,3 +143,7 @@ def search(exchanges: Iterable[Exchange], values: dict[str, str]) -> list[Hit]:
                     )
                     break
     return hits
+
+
+def par_form(challenge: str) -> dict[str, str]:
+    return rp_par_form(challenge, state="st-1", nonce="n-1")

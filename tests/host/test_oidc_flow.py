@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
@@ -30,7 +28,15 @@ from healthid.settings import Settings
 from healthid.wallet.client import WalletClient
 
 IDP = "http://testserver"
-from rp_testlib import REDIRECT, RP, SCOPES, FakeRp, StubResolver, token_form  # noqa: E402
+from rp_testlib import (  # noqa: E402
+    REDIRECT,
+    RP,
+    FakeRp,
+    StubResolver,
+    par_form,
+    pkce,
+    token_form,
+)
 from stack_testlib import import_synthetic_registry, settings_for  # noqa: E402
 
 ROWS = list(synthetic_rows(6, seed=17))
@@ -53,29 +59,6 @@ def client(settings: Settings, rp: FakeRp) -> Iterator[TestClient]:
     import_synthetic_registry(settings, 6, seed=17)
     with TestClient(build_app(settings, resolver=StubResolver(rp)), base_url=IDP) as c:
         yield c
-
-
-def pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    challenge = (
-        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    )
-    return verifier, challenge
-
-
-def par_form(challenge: str, **extra: str) -> dict[str, str]:
-    return {
-        "client_id": RP,
-        "state": "st-123",
-        "redirect_uri": REDIRECT,
-        "code_challenge": challenge,
-        "code_challenge_method": "S256",
-        "response_type": "code",
-        "nonce": "n-456",
-        "scope": SCOPES,
-        "acr_values": "gematik-ehealth-loa-substantial",
-        **extra,
-    }
 
 
 def enrolled_wallet(

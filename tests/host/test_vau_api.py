@@ -17,7 +17,6 @@ from channel_testlib import (
     authorization_url,
     par_form,
     personal_values,
-    pkce,
     search,
 )
 from starlette.applications import Starlette
@@ -39,7 +38,7 @@ from healthid.settings import Settings
 from healthid.wallet.client import WalletClient, WalletClientError, b64e
 from healthid.wallet.tee_verify import verify_enclave
 from healthid.wallet.vau_channel import VauChannel
-from rp_testlib import FakeRp, StubResolver, token_form
+from rp_testlib import FakeRp, StubResolver, pkce, token_form
 from stack_testlib import import_synthetic_registry, settings_for
 
 IDP = "http://testserver"
