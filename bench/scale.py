@@ -1,13 +1,15 @@
 """Benchmark: does enrolment and login stay as fast with 1,000,000 policyholders as with 10,000?
 
     .venv/bin/python bench/scale.py [--small 10000] [--large 1000000] [--enrolments 100]
-                                    [--logins 400]
+                                    [--logins 400] [--rounds 4]
 
 Against the real PostgreSQL and Redis, through the wallet service with the in-process enclave:
-imports ``--small`` synthetic policyholders, measures the latency of enrolments (eGK proof:
-card check in the enclave, KVNR blind-index lookup, identity match, device binding) and of
-device-key logins (challenge + assertion), then imports the rest up to ``--large`` and
-measures again with people drawn from the whole registry. It also reads the Redis memory of
+imports ``--small`` synthetic policyholders into one database and ``--large`` into another,
+then measures, alternating between the two in ``--rounds`` rounds (the machine's speed drifts
+over the minutes a run takes; alternating puts the drift on both sizes alike), the latency of
+enrolments (eGK proof: card check in the enclave, KVNR blind-index lookup, identity match,
+device binding) and of device-key logins (challenge + assertion), with people drawn from the
+whole registry of each size. It also reads the Redis memory of
 the device sessions the logins left. Targets of issue #7 item 8: latency at the large size
 within 10 % of the small one; at most 2 KB of Redis memory per active login session.
 """
@@ -160,44 +162,61 @@ async def session_bytes(prefix: str) -> tuple[int, float]:
     return len(sizes), (statistics.mean(sizes) if sizes else 0.0)
 
 
-async def main(args: argparse.Namespace) -> int:
+async def open_sized(name: str, size: int, tmp: Path, prefix: str) -> tuple[Any, Any, float]:
+    """A runtime over a new database holding ``size`` policyholders: (database, runtime,
+    import seconds)."""
     from healthid.runtime import open_runtime
     from healthid.settings import load_settings
 
-    database = await create_database("scale")
-    db_url, dsn = database.url, database.dsn
+    database = await create_database(name)
+    settings = load_settings(
+        data_dir=tmp,  # one data directory: the same enclave root key and eGK CA for both
+        database_url=database.url,
+        redis_url=REDIS_URL,
+        redis_prefix=prefix,
+        enclave_workers=os.cpu_count() or 1,
+    )
+    rt = await open_runtime(settings)
+    seconds = await import_rows(rt, 0, size, database.dsn)
+    return database, rt, seconds
+
+
+async def main(args: argparse.Namespace) -> int:
+    """Both sizes side by side (two databases), measured in alternating rounds, so that the
+    machine's drift over the minutes of a run falls on both alike."""
     prefix = f"healthid-scale-{secrets.token_hex(4)}:"
     rnd = random.Random(1)  # which test people to enrol
     ok = True
+    opened: list[tuple[Any, Any]] = []
+    results: dict[str, dict[str, list[float]]] = {
+        size: {"enrolment": [], "login": []} for size in ("small", "large")
+    }
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            settings = load_settings(
-                data_dir=Path(tmp),
-                database_url=db_url,
-                redis_url=REDIS_URL,
-                redis_prefix=prefix,
-                enclave_workers=os.cpu_count() or 1,
-            )
-            rt = await open_runtime(settings)
-            try:
-                results = {}
-                seconds = await import_rows(rt, 0, args.small, dsn)
-                print(f"imported {args.small:,} policyholders in {seconds:.0f} s")
-                small_people = set(rnd.sample(range(args.small), args.enrolments))
-                people = list(rows_at(small_people, args.small).values())
-                results["small"] = await measure(rt, people, args.logins, Path(tmp))
-                seconds = await import_rows(rt, args.small, args.large, dsn)
+            sizes = {"small": args.small, "large": args.large}
+            runtimes = {}
+            for size, count in sizes.items():
+                database, rt, seconds = await open_sized(f"scale{size}", count, Path(tmp), prefix)
+                opened.append((database, rt))
+                runtimes[size] = rt
                 print(
-                    f"imported {args.large - args.small:,} more "
-                    f"({args.large:,} in all) in {seconds:.0f} s "
-                    f"({(args.large - args.small) / seconds:,.0f} rows/s)"
+                    f"imported {count:,} policyholders in {seconds:.0f} s "
+                    f"({count / seconds:,.0f} rows/s)"
                 )
-                large_people = set(rnd.sample(range(args.large), args.enrolments)) - small_people
-                people = list(rows_at(large_people, args.large).values())
-                results["large"] = await measure(rt, people, args.logins, Path(tmp))
-                sessions, mean_bytes = await session_bytes(prefix)
-            finally:
-                await rt.aclose()
+            people = {
+                size: list(rows_at(set(rnd.sample(range(count), args.enrolments)), count).values())
+                for size, count in sizes.items()
+            }
+            rounds = args.rounds
+            for r in range(rounds):
+                for size in ("small", "large") if r % 2 == 0 else ("large", "small"):
+                    chunk = people[size][r::rounds]
+                    measured = await measure(
+                        runtimes[size], chunk, args.logins // rounds, Path(tmp)
+                    )
+                    for what, values in measured.items():
+                        results[size][what] += values
+            sessions, mean_bytes = await session_bytes(prefix)
         print("\nlatency (ms)        size        p50       p99")
         for what in ("enrolment", "login"):
             for size in ("small", "large"):
@@ -215,7 +234,9 @@ async def main(args: argparse.Namespace) -> int:
         )
         ok = ok and mean_bytes <= TARGET_SESSION_BYTES
     finally:
-        await drop_database(database.name)
+        for database, rt in opened:
+            await rt.aclose()
+            await drop_database(database.name)
         await forget_keys(REDIS_URL, prefix)
     return 0 if ok else 1
 
@@ -226,4 +247,5 @@ if __name__ == "__main__":
     parser.add_argument("--large", type=int, default=1_000_000)
     parser.add_argument("--enrolments", type=int, default=100)
     parser.add_argument("--logins", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=4, help="alternations of the two sizes")
     sys.exit(asyncio.run(main(parser.parse_args())))
