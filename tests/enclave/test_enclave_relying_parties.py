@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from federation_testlib import MASTER, NOW, RP, Key, new_key, rp_configuration
 from healthid.demo.egk_test_ca import TestEgkCa
 from healthid.demo.synthetic import synthetic_rows
 from healthid.enclave import api
+from healthid.enclave.key_release import MeasuredSimulatedEvidence, simulated_body
 from healthid.enclave.registry.model import Policyholder
 from healthid.enclave.relying_parties import (
     FederationAnchor,
@@ -29,6 +31,7 @@ from healthid.protocol.federation import sign_subordinate_statement
 from healthid.protocol.jose import decrypt_id_token, public_jwk
 from healthid.protocol.jose.errors import JoseError
 from healthid.protocol.oauth.token import TokenGrant
+from healthid.protocol.tee import TeePolicy, verify_attestation_document
 from session_testlib import log_in_with_card
 
 MASTER_KEY = new_key("puk_fedmaster_sig")
@@ -170,3 +173,34 @@ async def test_without_an_anchor_the_development_enclave_takes_the_hosts_key(
         assert decrypt_id_token(jwe, private_key=HOST_KEY)
     finally:
         plain.close()
+
+
+async def test_the_attestation_names_the_federation_master_keys_the_enclave_trusts() -> None:
+    """An operator who pinned a master key of their own would show it here."""
+
+    async def attested(federation: FederationAnchor | None) -> dict[str, dict[str, str]]:
+        enclave = Enclave(
+            Vault(RootKey.from_secret(os.urandom(32))),
+            identity_key=ec.generate_private_key(ec.SECP256R1()),
+            evidence=MeasuredSimulatedEvidence(body=simulated_body(None)),
+            federation=federation,
+        )
+        nonce = os.urandom(32)
+        try:
+            raw = await enclave.attest(nonce)
+        finally:
+            enclave.close()
+        verified = verify_attestation_document(
+            raw,
+            nonce=nonce,
+            policy=TeePolicy(mrsigners=frozenset({b"\x00" * 32}), isv_prod_id=0),
+            collateral=None,
+            now=datetime.now(UTC),
+            allow_simulated=True,
+        )
+        return {k.role: dict(k.jwk) for k in verified.keys}
+
+    with_anchor = await attested(FederationAnchor(entity_id=MASTER, jwks=MASTER_KEY.jwks))
+    assert with_anchor["fedmaster-0"]["x"] == MASTER_KEY.jwk()["x"]
+    assert with_anchor["fedmaster-0"]["kid"] == MASTER_KEY.kid
+    assert not any(role.startswith("fedmaster") for role in await attested(None))

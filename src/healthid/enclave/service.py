@@ -68,6 +68,8 @@ NAME_BIRTH_INDEX = "name_birth"
 MAX_PENDING_IMPORTS = 4
 IDENTITY_ROLE = "identity"  # attestation claims: the enclave's identity key
 AUDIT_ROLE = "audit"  # ... and the key that signs audit checkpoints
+FEDERATION_ANCHOR_ROLE = "fedmaster"  # ... and the federation master keys it trusts
+ANCHOR_JWK_MEMBERS = frozenset({"kty", "crv", "x", "y", "kid", "use", "alg"})
 PENDING_IMPORT_TTL = 3600.0  # seconds a prepared import stays in enclave memory
 IMPORT_CHUNK = 2_000  # rows per unit of work handed to a worker process
 # A login older than this at the token request was not fresh at its consent (the host's
@@ -476,6 +478,7 @@ class Enclave:
         }
         if self._audit is not None:
             keys[AUDIT_ROLE] = self._audit.public_jwk()
+        keys |= self._anchor_keys()
         try:
             document = make_attestation_document(
                 keys=keys, nonce=nonce, provider=self._evidence, now=datetime.now(UTC)
@@ -483,6 +486,22 @@ class Enclave:
         except (TeeAttestationError, ValueError) as exc:  # a nonce out of bounds
             raise api.EnclaveError(f"no attestation: {exc}") from None
         return document.to_json()
+
+    def _anchor_keys(self) -> dict[str, ec.EllipticCurvePublicKey | dict[str, str]]:
+        """The federation master keys this enclave trusts (``fedmaster-<n>``): whoever checks
+        the attestation sees whom the enclave lets relying parties be vouched for by (an
+        operator who pinned a master key of their own could have tokens encrypted to a
+        relying party they made up)."""
+        if self._relying_parties is None:
+            return {}
+        anchor_keys = self._relying_parties.anchor.jwks.get("keys", [])
+        out: dict[str, ec.EllipticCurvePublicKey | dict[str, str]] = {}
+        for n, jwk in enumerate(anchor_keys if isinstance(anchor_keys, list) else []):
+            if isinstance(jwk, dict):
+                out[f"{FEDERATION_ANCHOR_ROLE}-{n}"] = {
+                    k: str(v) for k, v in jwk.items() if k in ANCHOR_JWK_MEMBERS
+                }
+        return out
 
     def _audit_signer(self) -> AuditSigner:
         if self._audit is None:
