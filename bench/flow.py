@@ -112,9 +112,12 @@ def bench_app() -> Any:
         metadata={},
     )
 
-    class Resolver:
+    class Resolver:  # as the federation registry with the RP in its cache
         async def resolve(self, client_id: str) -> ResolvedRelyingParty:
             return resolved
+
+        async def cached(self, client_id: str) -> ResolvedRelyingParty | None:
+            return resolved if client_id == RP else None
 
     settings = load_settings(
         data_dir=d / "idp",

@@ -7,6 +7,7 @@ limited per client and PAR per address (429 ``temporarily_unavailable`` with Ret
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from healthid.host.rate_limits import OidcLimits, RateLimit, WalletLimits
 from healthid.host.wallet_service import TooManyRequests, Unauthorized, WalletService
 from healthid.protocol import device_auth
 from healthid.protocol.attestation import make_software_attestation
+from healthid.protocol.audit import AuditEntry, AuditKind
+from healthid.protocol.federation import ResolvedRelyingParty
 from healthid.runtime import EGK_TEST_CA_DIR, attestation_policy, build_app, open_runtime
 from healthid.settings import Settings
 from healthid.store.ephemeral import MemoryEphemeralStore
@@ -199,9 +202,35 @@ def rp() -> FakeRp:
     return FakeRp()
 
 
+class CachingResolver(StubResolver):
+    """A resolver with a cache (as the federation's registry has): ``cached`` answers without
+    fetching, ``resolve`` stands for a fetch and is counted."""
+
+    def __init__(self, rp: FakeRp, *, warm: bool) -> None:
+        super().__init__(rp)
+        self.warm = warm
+        self.fetches = 0
+
+    async def cached(self, client_id: str) -> ResolvedRelyingParty | None:
+        return await super().resolve(client_id) if self.warm and client_id == RP else None
+
+    async def resolve(self, client_id: str) -> ResolvedRelyingParty:
+        self.fetches += 1
+        return await super().resolve(client_id)
+
+
+@pytest.fixture(params=["plain", "cached"])
+def resolver(request: pytest.FixtureRequest, rp: FakeRp) -> StubResolver:
+    """A resolver without a cache of its own (the address is counted before it is asked), and
+    one whose cache holds the RP (the address counts in the round trip that stores the PAR)."""
+    return StubResolver(rp) if request.param == "plain" else CachingResolver(rp, warm=True)
+
+
 @pytest.fixture
-def client(settings: Settings, rp: FakeRp, small_limits: OidcLimits) -> Iterator[TestClient]:
-    with TestClient(build_app(settings, resolver=StubResolver(rp)), base_url=IDP) as c:
+def client(
+    settings: Settings, resolver: StubResolver, small_limits: OidcLimits
+) -> Iterator[TestClient]:
+    with TestClient(build_app(settings, resolver=resolver), base_url=IDP) as c:
         yield c
 
 
@@ -234,6 +263,44 @@ def test_par_is_limited_per_client_and_only_authenticated_pars_spend_its_budget(
     assert codes == [201] * limit + [429]
     status, body, retry_after = _par(client, rp, "198.51.100.99")
     assert status == 429 and body["error"] == "temporarily_unavailable" and int(retry_after) > 0
+
+
+def test_par_counts_the_address_before_a_client_is_fetched(
+    settings: Settings, rp: FakeRp, small_limits: OidcLimits
+) -> None:
+    resolver = CachingResolver(rp, warm=False)  # nothing cached: resolving fetches
+    with TestClient(build_app(settings, resolver=resolver), base_url=IDP) as client:
+        limit = small_limits.par_per_ip.limit
+        # without a client certificate: each is fetched, refused and counted
+        assert [_par(client, None, "203.0.113.9")[0] for _ in range(limit)] == [400] * limit
+        assert resolver.fetches == limit
+        assert _par(client, rp, "203.0.113.9")[0] == 429
+        assert resolver.fetches == limit  # refused before the fetch
+        assert _par(client, rp, "203.0.113.10")[0] == 201
+
+
+def test_par_over_the_address_limit_is_refused_before_it_is_audited(
+    settings: Settings, rp: FakeRp, small_limits: OidcLimits
+) -> None:
+    """A flood of refused PARs from one address reaches the audit trail only up to the
+    address's limit, also when the RP comes from the cache (the address is counted last)."""
+    resolver = CachingResolver(rp, warm=True)
+    limit = small_limits.par_per_ip.limit
+    with TestClient(build_app(settings, resolver=resolver), base_url=IDP) as client:
+        codes = [_par(client, None, "203.0.113.8")[0] for _ in range(limit + 3)]
+        assert codes[:limit] == [400] * limit and codes[limit:] == [429] * 3
+        assert _par(client, rp, "203.0.113.8")[0] == 429  # an accepted one too, now
+    assert resolver.fetches == 0
+
+    async def refusals() -> int:
+        rt = await open_runtime(settings, migrate=False)
+        try:
+            events = [i.event for i in await rt.audit.read() if isinstance(i, AuditEntry)]
+        finally:
+            await rt.aclose()
+        return sum(e.kind is AuditKind.AUTHORIZATION_REQUEST for e in events)
+
+    assert asyncio.run(refusals()) == limit
 
 
 def _code(client: TestClient, rp: FakeRp, wallet_session: str) -> tuple[str, str]:

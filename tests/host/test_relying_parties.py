@@ -21,8 +21,10 @@ from healthid.host.fetch import CONTENT_TYPE_ENTITY_STATEMENT, GuardedFetcher
 from healthid.host.relying_parties import (
     MAX_RP_CACHE_SECONDS,
     NEGATIVE_CACHE_SECONDS,
+    CachingResolver,
     RelyingPartyError,
     RelyingPartyRegistry,
+    cached_relying_party,
     check_client_id,
     deserialise_relying_party,
     serialise_relying_party,
@@ -205,6 +207,41 @@ async def test_registry_answers_from_the_cache_without_fetching_again(
     again = await reg.resolve(RP)
     assert sum(federation.hits.values()) == fetched == 3
     assert again == first
+
+
+async def test_registry_cached_answers_only_from_the_cache(
+    federation: FakeFederation, clock: list[float]
+) -> None:
+    reg = registry(federation, clock)
+    assert isinstance(reg, CachingResolver)
+    assert await reg.cached(RP) is None  # not registered yet: that would fetch
+    assert sum(federation.hits.values()) == 0
+    first = await reg.resolve(RP)
+    fetched = sum(federation.hits.values())
+    assert await reg.cached(RP) == first
+    assert await cached_relying_party(reg, RP) == first
+    assert await reg.cached("not an entity id") is None  # resolve says why
+    clock[0] += 3601  # the chain expired: resolving fetches again
+    assert await reg.cached(RP) is None
+    assert sum(federation.hits.values()) == fetched
+
+
+async def test_registry_cached_forbids_answering_a_refused_client(
+    federation: FakeFederation, clock: list[float]
+) -> None:
+    federation.vouched = set()
+    reg = registry(federation, clock)
+    with pytest.raises(RelyingPartyError):
+        await reg.resolve(RP)
+    assert await reg.cached(RP) is None
+
+
+async def test_a_resolver_without_a_cache_is_never_asked_for_one() -> None:
+    class Plain:
+        async def resolve(self, client_id: str) -> object:
+            raise AssertionError("cached_relying_party must not resolve")
+
+    assert await cached_relying_party(Plain(), RP) is None
 
 
 async def test_registry_refetches_after_the_chain_expires(

@@ -198,3 +198,75 @@ def test_file_store_reopens_existing_directory(store: FileKeyStore, key_dir: Pat
 def test_file_store_rejects_invalid_purpose(store: FileKeyStore) -> None:
     with pytest.raises(ValueError, match="purpose"):
         store.generate("../federation")
+
+
+# -- a key already in use: the file is checked again on every use ----------------------------
+@pytest.fixture
+def in_use(store: FileKeyStore) -> str:
+    """A key that has signed once (parsed and cached)."""
+    kid = store.generate("federation").kid
+    store.sign(kid, b"warm")
+    return kid
+
+
+def test_file_store_in_use_refuses_a_key_made_group_readable(
+    store: FileKeyStore, key_dir: Path, in_use: str
+) -> None:
+    (key_dir / f"{in_use}.pem").chmod(0o640)
+    with pytest.raises(KeyStoreError, match="group or others"):
+        store.sign(in_use, b"data")
+
+
+def test_file_store_in_use_refuses_a_key_swapped_for_a_symlink(
+    store: FileKeyStore, key_dir: Path, tmp_path: Path, in_use: str
+) -> None:
+    path = key_dir / f"{in_use}.pem"
+    target = _put(tmp_path, "elsewhere.pem", path.read_bytes())  # even the same key
+    path.unlink()
+    path.symlink_to(target)
+    with pytest.raises(KeyStoreError, match="safely"):
+        store.sign(in_use, b"data")
+
+
+def test_file_store_in_use_refuses_another_key_renamed_over_it(
+    store: FileKeyStore, key_dir: Path, in_use: str
+) -> None:
+    other = store.generate("federation")
+    (key_dir / f"{other.kid}.pem").replace(key_dir / f"{in_use}.pem")
+    with pytest.raises(KeyStoreError, match="another thumbprint"):
+        store.sign(in_use, b"data")
+
+
+def test_file_store_in_use_refuses_a_key_rewritten_in_place(
+    store: FileKeyStore, key_dir: Path, in_use: str
+) -> None:
+    path = key_dir / f"{in_use}.pem"
+    before = os.stat(path)
+    replacement = _pem(ec.generate_private_key(ec.SECP256R1()))
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)  # the same inode, new bytes
+    try:
+        os.write(fd, replacement)
+    finally:
+        os.close(fd)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # even with the old mtime
+    with pytest.raises(KeyStoreError, match="another thumbprint"):
+        store.sign(in_use, b"data")
+
+
+def test_file_store_in_use_forgets_a_deleted_key_file(
+    store: FileKeyStore, key_dir: Path, in_use: str
+) -> None:
+    (key_dir / f"{in_use}.pem").unlink()
+    with pytest.raises(KeyNotFound):
+        store.sign(in_use, b"data")
+
+
+def test_file_store_in_use_signs_again_after_its_file_was_restored(
+    store: FileKeyStore, key_dir: Path, in_use: str
+) -> None:
+    path = key_dir / f"{in_use}.pem"
+    path.chmod(0o644)
+    with pytest.raises(KeyStoreError):
+        store.sign(in_use, b"data")
+    path.chmod(0o600)
+    assert verify_es256(store.public_jwk(in_use), b"data", store.sign(in_use, b"data"))

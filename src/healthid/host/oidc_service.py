@@ -192,13 +192,35 @@ class OidcService:
     async def push(
         self, form: Mapping[str, Sequence[str]], client_cert: bytes | None, *, ip: str
     ) -> par.ParResponse:
-        """``ip``: the caller's address (the trusted proxy's X-Forwarded-For) for its limit."""
-        # every PAR counts against its address before any work (resolving the RP may fetch)
-        await self._take("par_ip", ip, self._limits.par_per_ip)
+        """``ip``: the caller's address (the trusted proxy's X-Forwarded-For) for its limit.
+
+        Every PAR counts against its address, an accepted one also against its client, each
+        counter one Redis round trip unless they share one. So the address is counted as
+        early as it must be, and no earlier:
+
+        - before the RP is resolved when resolving may fetch (the resolver's cache does not
+          hold it): a flood of PARs for unknown clients stops before anything is fetched;
+        - else, for an accepted PAR, in the one round trip that counts the client and stores
+          the request: the work before it is parsing and comparing, without I/O;
+        - for a refused PAR, before its refusal is recorded (over the limit, the answer is
+          429 and nothing is recorded: a flood does not reach the audit trail).
+        """
+        from healthid.host.relying_parties import cached_relying_party
+
+        ip_limit = self._limits.par_per_ip
         # everything that needs no RP metadata, in gsi order
-        params = par.parse_par(form, allow_http=self._development)
         try:
-            rp = await self._client(params.client_id)
+            params = par.parse_par(form, allow_http=self._development)
+        except Exception:
+            await self._take("par_ip", ip, ip_limit)
+            raise
+        rp = await cached_relying_party(self._resolver, params.client_id)
+        ip_counted = rp is None
+        if ip_counted:  # resolving may fetch: count the address first
+            await self._take("par_ip", ip, ip_limit)
+        try:
+            if rp is None:
+                rp = await self._client(params.client_id)
             request = par.validate_par(
                 form,
                 client=registered_client(rp),
@@ -207,6 +229,8 @@ class OidcService:
                 allow_http=self._development,
             )
         except OAuthError as exc:
+            if not ip_counted:
+                await self._take("par_ip", ip, ip_limit)
             self._event(
                 AuditKind.AUTHORIZATION_REQUEST,
                 AuditOutcome.FAILURE,
@@ -217,15 +241,15 @@ class OidcService:
         request_uri = par.new_request_uri(self._rng)
         # (an accepted PAR is not recorded: the consent and the token that follow it are)
         # Counted against the client only now that its certificate matched, and in the same
-        # round trip that stores it (refused, the request_uri is removed again).
+        # round trip that stores it (refused, nothing is stored); the address first, unless
+        # it was counted before the RP was resolved.
+        checks = [] if ip_counted else [("par_ip", ip, ip_limit)]
+        checks.append(
+            ("par_client", client_subject(request.client_id), self._limits.par_per_client)
+        )
         try:
-            await self._rate.take_and_put(
-                "par_client",
-                client_subject(request.client_id),
-                self._limits.par_per_client,
-                f"par:{request_uri}",
-                _dump(request),
-                par.REQUEST_URI_TTL,
+            await self._rate.take_all_and_put(
+                checks, f"par:{request_uri}", _dump(request), par.REQUEST_URI_TTL
             )
         except TooManyRequests as exc:
             raise SlowDown(exc.description, retry_after=exc.retry_after) from None

@@ -34,7 +34,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from healthid.host.fetch import CONTENT_TYPE_ENTITY_STATEMENT, FetchedDocument, FetchError
@@ -182,6 +182,26 @@ def deserialise_relying_party(data: bytes) -> ResolvedRelyingParty | None:
         return None
 
 
+@runtime_checkable
+class CachingResolver(Protocol):
+    """A resolver that can answer from its cache alone, without fetching anything."""
+
+    async def resolve(self, client_id: str) -> ResolvedRelyingParty: ...
+
+    async def cached(self, client_id: str) -> ResolvedRelyingParty | None:
+        """The relying party if the cache holds it; None where :meth:`resolve` would fetch or
+        refuse (it says why)."""
+        ...
+
+
+async def cached_relying_party(resolver: object, client_id: str) -> ResolvedRelyingParty | None:
+    """What ``resolver`` knows of ``client_id`` without fetching; None when it cannot tell (a
+    resolver without a cache of its own) or would have to fetch."""
+    if isinstance(resolver, CachingResolver):
+        return await resolver.cached(client_id)
+    return None
+
+
 class RelyingPartyRegistry:
     """Resolves ``client_id`` to a :class:`ResolvedRelyingParty`, registering on first use.
 
@@ -213,10 +233,9 @@ class RelyingPartyRegistry:
         cached, refused = await self._store.get_many(
             [_RP_KEY_PREFIX + digest, _REFUSED_KEY_PREFIX + digest]
         )
-        if cached is not None:
-            rp = deserialise_relying_party(cached)
-            if rp is not None and rp.client_id == client_id and rp.expires_at > self._now():
-                return rp
+        rp = None if cached is None else self._fresh(cached, client_id)
+        if rp is not None:
+            return rp
         if refused is not None:
             message, _, reason = refused.decode("utf-8", "replace").partition("\n")
             raise RelyingPartyError(message, reason=reason or "untrusted")
@@ -226,6 +245,23 @@ class RelyingPartyRegistry:
             self._inflight[digest] = task
             task.add_done_callback(self._forget)
         return await asyncio.shield(task)
+
+    async def cached(self, client_id: str) -> ResolvedRelyingParty | None:
+        """The RP for ``client_id`` if the cache holds it (one store read, no fetch); None
+        when it does not, or for a refused or invalid ``client_id`` (:meth:`resolve` says why)."""
+        try:
+            client_id = check_client_id(client_id, development=self._fetcher.development)
+        except RelyingPartyError:
+            return None
+        cached = await self._store.get(_RP_KEY_PREFIX + _digest(client_id))
+        return None if cached is None else self._fresh(cached, client_id)
+
+    def _fresh(self, cached: bytes, client_id: str) -> ResolvedRelyingParty | None:
+        """The cached RP if it is readable, is ``client_id``'s and has not expired."""
+        rp = deserialise_relying_party(cached)
+        if rp is not None and rp.client_id == client_id and rp.expires_at > self._now():
+            return rp
+        return None
 
     def _forget(self, task: asyncio.Task[ResolvedRelyingParty]) -> None:
         for digest, running in list(self._inflight.items()):

@@ -67,6 +67,13 @@ def _check_private_stat(st: os.stat_result, what: str) -> None:
         )
 
 
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    """What changes whenever a file is replaced, rewritten, renamed over, re-owned or
+    re-moded: the inode, and the change time (ctime, which no unprivileged call can set back)
+    together with the modification time, size and mode."""
+    return (st.st_dev, st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size, st.st_mode)
+
+
 class FileKeyStore:
     """ES256 keys as PKCS#8 PEM files ``<kid>.pem`` in ``directory``. Development only."""
 
@@ -74,7 +81,8 @@ class FileKeyStore:
 
     def __init__(self, directory: Path) -> None:
         self._dir = directory
-        self._parsed: dict[str, tuple[bytes, ec.EllipticCurvePrivateKey]] = {}
+        # kid -> (its file, the identity of the file when read, its bytes, the parsed key)
+        self._parsed: dict[str, tuple[str, tuple[int, ...], bytes, ec.EllipticCurvePrivateKey]] = {}
         self._prepare_directory()
 
     def __repr__(self) -> str:
@@ -96,7 +104,8 @@ class FileKeyStore:
     def _path(self, kid: str) -> Path:
         return self._dir / f"{check_kid(kid)}{KEY_SUFFIX}"
 
-    def _read_key_file(self, kid: str) -> bytes:
+    def _read_key_file(self, kid: str) -> tuple[bytes, os.stat_result]:
+        """The key file's bytes and the status of the very file they were read from."""
         path = self._path(kid)
         try:
             fd = os.open(path, _OPEN_READ)
@@ -114,17 +123,29 @@ class FileKeyStore:
             os.close(fd)
         if len(data) > MAX_KEY_FILE_LEN:
             raise KeyStoreError(f"key file {path.name} is too large")
-        return data
+        return data, st
 
     def _load(self, kid: str) -> ec.EllipticCurvePrivateKey:
-        """The parsed key; parsed again only when the file's bytes change (the file is still
-        opened and its permissions checked on every use)."""
-        data = self._read_key_file(kid)
+        """The parsed key. On every use the key file's status is read again (one ``lstat``,
+        not following a symlink) and its owner and permissions are checked; the file is
+        opened and read again only when it is no longer the file the key was read from
+        (:func:`_identity`), and parsed again only when its bytes changed."""
         cached = self._parsed.get(kid)
-        if cached is not None and hmac.compare_digest(cached[0], data):
-            return cached[1]
-        key = self._parse(kid, data)
-        self._parsed[kid] = (data, key)
+        if cached is not None:
+            path, identity, data, key = cached
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                raise KeyNotFound(f"no key {kid}") from None
+            if stat.S_ISREG(st.st_mode) and identity == _identity(st):
+                _check_private_stat(st, f"key file {kid}{KEY_SUFFIX}")
+                return key
+        data, opened = self._read_key_file(kid)
+        if cached is not None and hmac.compare_digest(cached[2], data):
+            key = cached[3]
+        else:
+            key = self._parse(kid, data)
+        self._parsed[kid] = (str(self._path(kid)), _identity(opened), data, key)
         return key
 
     def _parse(self, kid: str, data: bytes) -> ec.EllipticCurvePrivateKey:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -24,6 +25,7 @@ from healthid.protocol.jose import (
     public_jwk,
     sign_compact,
 )
+from healthid.protocol.jose.jwe import concat_kdf
 
 NOW = 1_750_000_000
 
@@ -79,6 +81,52 @@ def test_jwe_round_trip_with_gematik_header() -> None:
     assert "crit" not in header
     assert jwe.split(".")[1] == ""  # direct key agreement: empty encrypted key
     assert decrypt_id_token(jwe, private_key=RP_ENC) == jws
+
+
+ECDH_ES_VECTOR = json.loads(
+    (Path(__file__).parents[2] / "vectors" / "jose" / "rfc7518_appendix_c_ecdh_es.json").read_text()
+)
+
+
+def test_concat_kdf_matches_rfc7518_appendix_c() -> None:
+    v = ECDH_ES_VECTOR
+    bob = ec.derive_private_key(int.from_bytes(unb64(v["bob_recipient_d"]), "big"), ec.SECP256R1())
+    alice = ec.derive_private_key(
+        int.from_bytes(unb64(v["alice_ephemeral_d"]), "big"), ec.SECP256R1()
+    )
+    assert public_jwk(alice.public_key(), kid="a", use="enc")["x"] == v["alice_ephemeral_x"]
+    assert public_jwk(bob.public_key(), kid="b", use="enc")["x"] == v["bob_recipient_x"]
+    shared = alice.exchange(ec.ECDH(), bob.public_key())
+    assert list(shared) == v["shared_secret"]
+    key = concat_kdf(
+        shared,
+        enc=v["enc"],
+        key_bytes=v["key_bytes"],
+        apu=v["apu"].encode(),
+        apv=v["apv"].encode(),
+    )
+    assert b64(key) == v["derived_key"]
+
+
+def test_jwe_uses_a_fresh_ephemeral_key_and_iv_for_every_token() -> None:
+    jws = id_token()
+    first, second = (encrypt_id_token(jws, recipient_jwk=RP_ENC_JWK) for _ in range(2))
+    epks = [json.loads(unb64(t.split(".")[0]))["epk"] for t in (first, second)]
+    assert epks[0] != epks[1] and first.split(".")[2] != second.split(".")[2]
+    assert set(epks[0]) == {"kty", "crv", "x", "y"}  # the public part only (RFC 7518 §4.6.1.1)
+    assert len(unb64(first.split(".")[2])) == 12 and len(unb64(first.split(".")[4])) == 16
+    assert decrypt_id_token(first, private_key=RP_ENC) == decrypt_id_token(
+        second, private_key=RP_ENC
+    )
+
+
+def test_jwe_header_is_authenticated() -> None:
+    jwe = encrypt_id_token(id_token(), recipient_jwk=RP_ENC_JWK)
+    protected, *rest = jwe.split(".")
+    header = json.loads(unb64(protected))
+    forged = b64(json.dumps({**header, "kid": "other"}).encode())
+    with pytest.raises(DecryptionFailed):
+        decrypt_id_token(".".join([forged, *rest]), private_key=RP_ENC)
 
 
 def test_jwe_refuses_sig_key_as_recipient() -> None:

@@ -7,6 +7,7 @@ prefix per test and real (short) TTLs, waited out in a bounded loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import threading
 import time
@@ -20,6 +21,8 @@ from healthid.store.ephemeral import (
     MAX_COUNTER_VALUE,
     MAX_INCR_AMOUNT,
     MAX_KEY_LENGTH,
+    MAX_LIMIT,
+    MAX_LIMITS,
     MAX_TTL_SECONDS,
     MAX_VALUE_BYTES,
     CounterValueError,
@@ -259,6 +262,100 @@ async def test_consume_and_incr_has_exactly_one_winner(harness: Harness) -> None
     assert await harness.store.get("ci:counter") == b"1"
 
 
+LIMITS = [("pw:ip", 60.0, 3), ("pw:client", 30.0, 2)]
+LIMITS_KEYS = ["pw:ip", "pw:client", "pw:v1"]
+
+
+async def test_put_within_limits_counts_every_counter_and_stores(harness: Harness) -> None:
+    assert await harness.store.put_within_limits(LIMITS, "pw:v1", b"one", 20) is None
+    assert await harness.store.get_many(["pw:v1", "pw:ip", "pw:client"]) == [b"one", b"1", b"1"]
+    ip_ttl, client_ttl, value_ttl = [await harness.store.ttl(k) for k in LIMITS_KEYS]
+    assert ip_ttl is not None and 30 < ip_ttl <= 60  # each counter its own window
+    assert client_ttl is not None and 20 < client_ttl <= 30
+    assert value_ttl is not None and value_ttl <= 20
+
+
+async def test_put_within_limits_forbids_storing_over_a_later_limit(harness: Harness) -> None:
+    # the client's limit (2) is reached first: the third attempt counts against the address
+    # and the client, is refused by the client's counter (index 1) and stores nothing
+    results = [
+        await harness.store.put_within_limits(LIMITS, f"pw:v{i}", b"v", 20) for i in range(3)
+    ]
+    assert results == [None, None, 1]
+    assert await harness.store.get_many(["pw:v0", "pw:v1", "pw:v2"]) == [b"v", b"v", None]
+    assert await harness.store.get_many(["pw:ip", "pw:client"]) == [b"3", b"3"]
+
+
+async def test_put_within_limits_forbids_counting_past_the_first_refusal(
+    harness: Harness,
+) -> None:
+    await harness.store.put("pw:ip", b"3", 60)  # the address is at its limit
+    assert await harness.store.put_within_limits(LIMITS, "pw:v", b"v", 20) == 0
+    # refused by the address: counted there, the client's counter untouched, nothing stored
+    assert await harness.store.get_many(["pw:ip", "pw:client", "pw:v"]) == [b"4", None, None]
+
+
+async def test_put_within_limits_with_limit_zero_refuses_every_attempt(harness: Harness) -> None:
+    assert await harness.store.put_within_limits([("pw:n", 60, 0)], "pw:v", b"v", 20) == 0
+    assert await harness.store.get("pw:v") is None
+
+
+async def test_put_within_limits_forbids_extending_a_window(harness: Harness) -> None:
+    ttl = harness.short_ttl
+    assert await harness.store.put_within_limits([("pw:n", ttl, 5)], "pw:v", b"v", 60) is None
+    assert await harness.store.put_within_limits([("pw:n", LONG_TTL, 5)], "pw:v", b"v", 60) is None
+    remaining = await harness.store.ttl("pw:n")
+    assert remaining is not None and remaining <= ttl
+
+
+async def test_put_within_limits_lets_exactly_the_limit_through_under_concurrency(
+    harness: Harness,
+) -> None:
+    limit = RACERS // 2
+    results = await asyncio.gather(
+        *(
+            harness.store.put_within_limits([("pw:race", 60, limit)], f"pw:v{i}", b"v", 60)
+            for i in range(RACERS)
+        )
+    )
+    assert results.count(None) == limit and results.count(0) == RACERS - limit
+    stored = await harness.store.get_many([f"pw:v{i}" for i in range(RACERS)])
+    assert [v is not None for v in stored] == [r is None for r in results]
+
+
+async def test_put_within_limits_rejects_a_value_that_is_not_a_counter(harness: Harness) -> None:
+    await harness.store.put("pw:client", b"abc", LONG_TTL)
+    with pytest.raises(CounterValueError):
+        await harness.store.put_within_limits(LIMITS, "pw:v", b"v", 20)
+    assert await harness.store.get("pw:v") is None
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        [],
+        [("pw:n", 60, 1)] * (MAX_LIMITS + 1),
+        [("pw:n", 60, -1)],
+        [("pw:n", 60, MAX_LIMIT + 1)],
+        [("pw:n", 60, True)],
+        [("pw:n", 60, 1.0)],
+        [("pw:n", 0, 1)],
+        [("", 60, 1)],
+    ],
+    ids=["empty", "too_many", "negative", "too_large", "bool", "float", "bad_window", "bad_key"],
+)
+async def test_put_within_limits_rejects_invalid_limits(harness: Harness, limits: object) -> None:
+    with pytest.raises((InvalidKeyError, InvalidAmountError, InvalidTTLError)):
+        await harness.store.put_within_limits(limits, "pw:v", b"v", 20)  # type: ignore[arg-type]
+    assert await harness.store.get_many(["pw:v", "pw:n"]) == [None, None]
+
+
+async def test_put_within_limits_accepts_the_most_counters(harness: Harness) -> None:
+    limits = [(f"pw:n{i}", 60.0, MAX_LIMIT) for i in range(MAX_LIMITS)]
+    assert await harness.store.put_within_limits(limits, "pw:v", b"v", 20) is None
+    assert await harness.store.get(f"pw:n{MAX_LIMITS - 1}") == b"1"
+
+
 async def test_get_many_rejects_empty_and_oversized_key_lists(harness: Harness) -> None:
     from healthid.store.ephemeral.base import MAX_MANY_KEYS, InvalidKeyError
 
@@ -448,6 +545,8 @@ KEY_OPERATIONS: dict[str, KeyOperation] = {
     "delete": lambda s, k: s.delete(k),
     "incr": lambda s, k: s.incr(k, LONG_TTL),
     "ttl": lambda s, k: s.ttl(k),
+    "put_within_limits_counter": lambda s, k: s.put_within_limits([(k, LONG_TTL, 1)], "v", b"v", 9),
+    "put_within_limits_key": lambda s, k: s.put_within_limits([("n", LONG_TTL, 1)], k, b"v", 9),
 }
 BAD_KEYS = {
     "empty": "",
@@ -481,12 +580,14 @@ async def test_store_accepts_longest_key_of_every_printable_character(harness: H
     [b"x" * (MAX_VALUE_BYTES + 1), "text", bytearray(b"v"), memoryview(b"v"), None],
     ids=["oversized", "str", "bytearray", "memoryview", "none"],
 )
-@pytest.mark.parametrize("operation", ["put", "put_if_absent"])
+@pytest.mark.parametrize("operation", ["put", "put_if_absent", "put_within_limits"])
 async def test_store_rejects_invalid_value(harness: Harness, operation: str, value: object) -> None:
     write = getattr(harness.store, operation)
+    if operation == "put_within_limits":
+        write = functools.partial(write, [("n", LONG_TTL, 1)])
     with pytest.raises(InvalidValueError):
         await write("k", value, LONG_TTL)
-    assert await harness.store.get("k") is None
+    assert await harness.store.get_many(["k", "n"]) == [None, None]
 
 
 async def test_store_accepts_largest_value(harness: Harness) -> None:
@@ -509,6 +610,8 @@ TTL_OPERATIONS: dict[str, Callable[[EphemeralStore, object], Awaitable[object]]]
     "put": lambda s, t: s.put("k", b"v", t),  # type: ignore[arg-type]
     "put_if_absent": lambda s, t: s.put_if_absent("k", b"v", t),  # type: ignore[arg-type]
     "incr": lambda s, t: s.incr("k", t),  # type: ignore[arg-type]
+    "put_within_limits_value": lambda s, t: s.put_within_limits([("n", 60, 1)], "k", b"v", t),  # type: ignore[arg-type]
+    "put_within_limits_window": lambda s, t: s.put_within_limits([("k", t, 1)], "v", b"v", 60),  # type: ignore[list-item]
 }
 
 

@@ -6,9 +6,10 @@ import asyncio
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import hiredis
 import pytest
 import redis.asyncio as aioredis
 
@@ -192,6 +193,119 @@ async def test_redis_store_forbids_waiting_on_a_silent_server() -> None:
         server.close()
         await server.wait_closed()
     assert time.monotonic() - started < SOCKET_TIMEOUT_SECONDS + TIMEOUT_SLACK_SECONDS
+
+
+class FakeRedis:
+    """A RESP server for the failure cases a real Redis does not stage on demand: it answers
+    redis-py's handshake and hands every other command to ``answer`` (connection number,
+    command) -> the reply bytes, or None to close the connection without a reply."""
+
+    def __init__(self, answer: Callable[[int, list[bytes]], Awaitable[bytes | None]]) -> None:
+        self.answer = answer
+        self.seen: list[tuple[int, list[bytes]]] = []
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = self.connections
+        self.connections += 1
+        parser = hiredis.Reader()
+        try:
+            while data := await reader.read(65536):
+                parser.feed(data)
+                while (command := parser.gets()) is not False:
+                    if command[0].upper() == b"CLIENT":  # redis-py's CLIENT SETINFO
+                        writer.write(b"+OK\r\n")
+                        continue
+                    self.seen.append((number, command))
+                    reply = await self.answer(number, command)
+                    if reply is None:
+                        return
+                    writer.write(reply)
+        finally:
+            writer.close()
+
+
+async def test_a_command_whose_connection_is_lost_fails_closed_and_is_not_sent_again() -> None:
+    async def answer(connection: int, command: list[bytes]) -> bytes | None:
+        return None if connection == 0 else b"$1\r\nv\r\n"
+
+    fake = FakeRedis(answer)
+    async with fake as url:
+        redis_store = RedisEphemeralStore.from_url(url, prefix="lost:")
+        try:
+            with pytest.raises(EphemeralStoreUnavailable):
+                await redis_store.get("k")
+            assert await redis_store.get("k") == b"v"  # the next one connects anew
+        finally:
+            await redis_store.aclose()
+    assert fake.seen == [(0, [b"GET", b"lost:k"]), (1, [b"GET", b"lost:k"])]
+
+
+async def test_a_cancelled_caller_forbids_its_reply_reaching_the_next() -> None:
+    async def answer(connection: int, command: list[bytes]) -> bytes | None:
+        key = command[1]
+        if key == b"c:first":
+            await asyncio.sleep(0.05)  # late: its caller gives up before the reply comes
+        return b"$%d\r\n%b\r\n" % (len(key), key)
+
+    async with FakeRedis(answer) as url:
+        redis_store = RedisEphemeralStore.from_url(url, prefix="c:")
+        try:
+            first = asyncio.create_task(redis_store.get("first"))
+            await asyncio.sleep(0.01)  # sent, its reply owed
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            assert await redis_store.get("second") == b"c:second"
+            replies = await asyncio.gather(*(redis_store.get(f"k{i}") for i in range(20)))
+            assert replies == [f"c:k{i}".encode() for i in range(20)]
+        finally:
+            await redis_store.aclose()
+
+
+async def test_pipelined_commands_fail_together_when_the_server_stops_answering() -> None:
+    async def answer(connection: int, command: list[bytes]) -> bytes | None:
+        await asyncio.sleep(3600)  # never
+        return None
+
+    async with FakeRedis(answer) as url:
+        redis_store = RedisEphemeralStore.from_url(url, prefix="mute:")
+        started = time.monotonic()
+        try:
+            results = await asyncio.gather(
+                *(redis_store.get(f"k{i}") for i in range(10)), return_exceptions=True
+            )
+        finally:
+            await redis_store.aclose()
+    assert all(isinstance(r, EphemeralStoreUnavailable) for r in results)
+    assert time.monotonic() - started < SOCKET_TIMEOUT_SECONDS + TIMEOUT_SLACK_SECONDS
+
+
+@pytest.mark.redis
+async def test_scripts_survive_a_server_that_forgot_them(
+    store: RedisEphemeralStore, raw_redis: aioredis.Redis
+) -> None:
+    assert await store.incr("n", LONG_TTL) == 1
+    await raw_redis.script_flush()  # as after a restart or a failover
+    assert await store.incr("n", LONG_TTL) == 2
+    assert await store.put_within_limits([("m", LONG_TTL, 5)], "k", b"v", LONG_TTL) is None
+    assert await store.get_many(["n", "m", "k"]) == [b"2", b"1", b"v"]
+
+
+def test_store_rejects_a_lane_count_below_one() -> None:
+    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/15")
+    with pytest.raises(ValueError, match="lanes"):
+        RedisEphemeralStore(client, lanes=0)
 
 
 # --- races between processes ----------------------------------------------------------

@@ -9,10 +9,14 @@ header must not be marked ``crit``). The closed lists cannot be widened by a cal
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from typing import Any, Final
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from joserfc import jwe as joserfc_jwe
 from joserfc.errors import JoseError as JoserfcError
 from joserfc.jwk import ECKey
@@ -28,7 +32,14 @@ from healthid.protocol.jose.errors import (
     WrongType,
 )
 from healthid.protocol.jose.jws import MAX_COMPACT_JWS_CHARS
-from healthid.protocol.jose.keys import b64url_decode, p256_public_key
+from healthid.protocol.jose.keys import (
+    COORDINATE_BYTES,
+    CURVE,
+    KTY,
+    b64url_decode,
+    b64url_encode,
+    p256_public_key,
+)
 
 ALG_ECDH_ES: Final = "ECDH-ES"
 ENC_A256GCM: Final = "A256GCM"
@@ -40,6 +51,10 @@ JWE_FORMAT_VERSION: Final = "2.0.0"
 # The encrypted ID token: the nested JWS, base64url'd again (4/3), plus five segments' overhead.
 MAX_HEADER_SEGMENT_CHARS: Final = 2 * 1024
 MAX_COMPACT_JWE_CHARS: Final = MAX_COMPACT_JWS_CHARS * 4 // 3 + 2 * MAX_HEADER_SEGMENT_CHARS
+# RFC 7518 §5.3: A256GCM takes a 256-bit key and a 96-bit IV; its tag is 128 bits.
+CEK_BYTES: Final = 32
+IV_BYTES: Final = 12
+TAG_BYTES: Final = 16
 _FORBIDDEN: Final = frozenset({"jwk", "jku", "x5u", "crit", "zip"})
 _GEMATIK_HEADERS: Final = {"version": HeaderParameter("gematik JWE format version", "str")}
 
@@ -57,6 +72,26 @@ def _registry() -> joserfc_jwe.JWERegistry:
 _REGISTRY: Final = _registry()
 
 
+def concat_kdf(
+    shared: bytes, *, enc: str, key_bytes: int, apu: bytes = b"", apv: bytes = b""
+) -> bytes:
+    """The key that ECDH-ES derives from the shared secret ``shared`` (RFC 7518 §4.6.2: NIST
+    SP 800-56A Concat KDF with SHA-256). For direct key agreement AlgorithmID is the ``enc``
+    value and the length that of its key; PartyUInfo and PartyVInfo are ``apu`` and ``apv``
+    (the ID token sends neither: empty)."""
+
+    def counted(value: bytes) -> bytes:
+        return len(value).to_bytes(4, "big") + value
+
+    other_info = (
+        counted(enc.encode("ascii"))
+        + counted(apu)
+        + counted(apv)
+        + (key_bytes * 8).to_bytes(4, "big")
+    )
+    return ConcatKDFHash(hashes.SHA256(), key_bytes, other_info).derive(shared)
+
+
 def encrypt_id_token(
     signed_id_token: str,
     *,
@@ -66,17 +101,50 @@ def encrypt_id_token(
     """Encrypt the compact JWS ``signed_id_token`` to the RP's ``use: enc`` P-256 key.
 
     Header: ``{alg: ECDH-ES, enc: A256GCM, cty: JWT, kid: <RP enc kid>, version, epk}``
-    (spec §5). The ephemeral key comes from joserfc (RFC 7518 §4.6.1).
+    (spec §5). RFC 7516 §5.1 with the one algorithm pair this module allows, written out
+    with ``cryptography`` (joserfc's general machinery cost as much as the cryptography):
+
+    - a fresh ephemeral P-256 key per token, its public part as ``epk`` (RFC 7518 §4.6.1.1);
+    - the CEK by the Concat KDF over the ECDH shared secret (RFC 7518 §4.6.2, direct key
+      agreement: no encrypted key);
+    - A256GCM with a random 96-bit IV and ``ASCII(BASE64URL(protected header))`` as the
+      additional authenticated data (RFC 7516 §5.1 steps 13-15, RFC 7518 §5.3).
+
+    :func:`decrypt_id_token` (joserfc) reads it; the tests hold the two together.
     """
     if len(signed_id_token) > MAX_COMPACT_JWS_CHARS:
         raise TokenTooLarge("the ID token exceeds the compact JWS bound")
     kid = recipient_jwk.get("kid")
     if not isinstance(kid, str) or not kid:
         raise UnsuitableKey("the RP's encryption key has no kid")
-    key = ECKey.import_key(p256_public_key(recipient_jwk, use="enc"))
-    header = {"alg": ALG_ECDH_ES, "enc": ENC_A256GCM, "cty": CTY_JWT, "kid": kid}
-    header["version"] = version
-    return joserfc_jwe.encrypt_compact(header, signed_id_token, key, registry=_REGISTRY)
+    recipient = p256_public_key(recipient_jwk, use="enc")
+    ephemeral = ec.generate_private_key(ec.SECP256R1())
+    point = ephemeral.public_key().public_numbers()
+    epk = {
+        "kty": KTY,
+        "crv": CURVE,
+        "x": b64url_encode(point.x.to_bytes(COORDINATE_BYTES, "big")),
+        "y": b64url_encode(point.y.to_bytes(COORDINATE_BYTES, "big")),
+    }
+    header = {
+        "alg": ALG_ECDH_ES,
+        "enc": ENC_A256GCM,
+        "cty": CTY_JWT,
+        "kid": kid,
+        "version": version,
+        "epk": epk,
+    }
+    protected = b64url_encode(json.dumps(header, separators=(",", ":")).encode("utf-8"))
+    if len(protected) > MAX_HEADER_SEGMENT_CHARS:
+        raise TokenTooLarge("the JWE header exceeds its bound")
+    shared = ephemeral.exchange(ec.ECDH(), recipient)
+    cek = concat_kdf(shared, enc=ENC_A256GCM, key_bytes=CEK_BYTES)
+    iv = os.urandom(IV_BYTES)
+    sealed = AESGCM(cek).encrypt(iv, signed_id_token.encode("utf-8"), protected.encode("ascii"))
+    ciphertext, tag = sealed[:-TAG_BYTES], sealed[-TAG_BYTES:]
+    return ".".join(
+        (protected, "", b64url_encode(iv), b64url_encode(ciphertext), b64url_encode(tag))
+    )
 
 
 def read_jwe_header(token: str) -> dict[str, Any]:

@@ -35,6 +35,10 @@ MAX_INCR_AMOUNT = 1_000_000
 """Largest single increment of a counter; counters only count up (fixed-window limits)."""
 MAX_COUNTER_VALUE = 2**63 - 1
 """Largest counter value: the signed 64-bit range of Redis ``INCRBY``, on every adapter."""
+MAX_LIMITS = 8
+"""Most counters one :meth:`EphemeralStore.put_within_limits` counts."""
+MAX_LIMIT = 2**53
+"""Largest limit of a counter: exact in the double-precision numbers of Redis's Lua."""
 
 
 class EphemeralStoreError(Exception):
@@ -118,6 +122,20 @@ class EphemeralStore(Protocol):
         window), atomically, in one round trip (a code redeemed counts against its client)."""
         ...
 
+    async def put_within_limits(
+        self, limits: Sequence[tuple[str, float, int]], key: str, value: bytes, ttl: float
+    ) -> int | None:
+        """Count one attempt against each ``(counter, window, limit)`` in order, as
+        :meth:`incr` counts (fixed windows), and :meth:`put` ``key`` if every counter stays
+        within its limit; atomically, in one round trip (a PAR counts against its address and
+        its client as it is stored).
+
+        ``None`` when stored; else the index of the first counter that went over its limit:
+        it was counted, the counters after it were not, and nothing was stored (a refused
+        attempt still counts where it was refused, as with :meth:`incr`).
+        """
+        ...
+
     async def consume(self, key: str) -> bytes | None:
         """Atomically return and delete the value: exactly one caller ever gets it.
 
@@ -196,6 +214,17 @@ def validate_ttl(ttl: float) -> None:
         raise InvalidTTLError("ttl must be greater than zero")
     if ttl > MAX_TTL_SECONDS:
         raise InvalidTTLError(f"ttl is longer than {MAX_TTL_SECONDS:g} seconds")
+
+
+def validate_limits(limits: Sequence[tuple[str, float, int]]) -> None:
+    """Refuse a limit list that is empty or too long, or a bad counter key, window or limit."""
+    if not 1 <= len(limits) <= MAX_LIMITS:
+        raise InvalidKeyError(f"put_within_limits takes 1 to {MAX_LIMITS} counters")
+    for counter, window, limit in limits:
+        validate_key(counter)
+        validate_ttl(window)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_LIMIT:
+            raise InvalidAmountError(f"a limit must be an int in [0, {MAX_LIMIT}]")
 
 
 def validate_amount(amount: int) -> None:

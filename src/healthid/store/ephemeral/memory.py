@@ -30,6 +30,7 @@ from healthid.store.ephemeral.base import (
     validate_amount,
     validate_key,
     validate_keys,
+    validate_limits,
     validate_ttl,
     validate_value,
 )
@@ -186,6 +187,22 @@ class MemoryEphemeralStore:
             count = await self.incr(counter, window)
             await self.put(key, value, ttl)
             return count
+
+    async def put_within_limits(
+        self, limits: Sequence[tuple[str, float, int]], key: str, value: bytes, ttl: float
+    ) -> int | None:
+        """:meth:`incr` each counter until one goes over its limit, else :meth:`put`, under
+        one lock."""
+        validate_limits(limits)
+        validate_key(key)
+        validate_value(value)
+        validate_ttl(ttl)
+        with self._lock:  # re-entrant: incr and put take it again
+            for index, (counter, window, limit) in enumerate(limits):
+                if await self.incr(counter, window) > limit:
+                    return index
+            await self.put(key, value, ttl)
+            return None
 
     async def consume_and_incr(
         self, key: str, counter: str, window: float

@@ -14,18 +14,28 @@ TTLs are sent in milliseconds, rounded up so an entry never lives shorter than a
 replay cache errs on the side of remembering). Every key gets the adapter's prefix.
 
 Connection errors, timeouts and a read-only replica (failover) raise
-:class:`EphemeralStoreUnavailable`, never "not found". redis-py's automatic retries are
-switched off (:data:`COMMAND_RETRIES`): a ``GETDEL`` or ``SET NX`` whose reply was lost
-must not be silently sent again, the caller fails closed instead.
+:class:`EphemeralStoreUnavailable`, never "not found". Nothing is ever sent again
+(:data:`COMMAND_RETRIES`): a ``GETDEL`` or ``SET NX`` whose reply was lost must not be
+silently repeated, the caller fails closed instead.
+
+Commands travel pipelined on :data:`LANES` connections per store
+(:class:`~healthid.store.ephemeral.pipeline.PipelinedConnection`): the commands of one turn
+of the event loop leave in one write, and their replies come back in order, often in one
+read. redis-py's ``Connection`` connects, authenticates, selects the database (TLS too) and
+parses the replies; the command path around it is this store's own: redis-py's client takes
+a lock twice per command, adds retry and callback machinery, observability hooks and a task
+per socket write (``asyncio.wait_for``), together more CPU than the command itself, and one
+command at a time per connection costs a write and a read each.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Final
+from typing import Any, Final
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -34,6 +44,7 @@ from redis.exceptions import (
     ConnectionError as RedisConnectionError,
 )
 from redis.exceptions import (
+    NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
@@ -53,19 +64,25 @@ from healthid.store.ephemeral.base import (
     validate_amount,
     validate_key,
     validate_keys,
+    validate_limits,
     validate_ttl,
     validate_value,
 )
+from healthid.store.ephemeral.pipeline import PipelinedConnection, pack
 
 DEFAULT_PREFIX: Final = "healthid:"
 """Namespace of every key this adapter writes."""
 MAX_PREFIX_LENGTH: Final = 64
 """Longest prefix in characters (printable ASCII without space, like keys)."""
 SOCKET_CONNECT_TIMEOUT_SECONDS: Final = 0.5
-LANES: Final = 8  # connections per process that carry the commands, each one at a time
 """TCP connect timeout: Redis sits next to the host; a slow connect means it is down."""
 SOCKET_TIMEOUT_SECONDS: Final = 1.0
-"""Read/write timeout per command: every command here is O(1) on the server."""
+"""Deadline of one command (its connect, send and reply): every command here is O(1) on
+the server."""
+LANES: Final = 1
+"""Connections per store that carry the commands, pipelined: one lets the most commands share
+a write and a read (measured: half the CPU per command of one-at-a-time connections at 16
+commands in flight)."""
 COMMAND_RETRIES: Final = 0
 """No automatic resend: a lost reply to GETDEL / SET NX must fail closed, not repeat."""
 MIN_REDIS_VERSION: Final = (6, 2, 0)
@@ -120,6 +137,27 @@ return out
 """
 """:meth:`RedisEphemeralStore.consume_and_get`: ``GETDEL`` and reads, atomically."""
 
+PUT_WITHIN_LIMITS_SCRIPT: Final = """
+-- KEYS[1..n]: counters; KEYS[n+1]: the value's key. ARGV[2i-1], ARGV[2i]: counter i's
+-- window in milliseconds (its TTL, set on creation only) and its limit; ARGV[2n+1],
+-- ARGV[2n+2]: the value and its TTL in milliseconds. Each counter counts as INCR_SCRIPT
+-- does; the first one over its limit refuses: its position comes back, the counters after
+-- it are not counted and nothing is stored. 0: every counter within its limit, stored.
+local n = #KEYS - 1
+for i = 1, n do
+  local window = ARGV[2 * i - 1]
+  redis.call('SET', KEYS[i], '0', 'NX', 'PX', window)
+  local count = redis.call('INCRBY', KEYS[i], 1)
+  if redis.call('PTTL', KEYS[i]) == -1 then
+    redis.call('PEXPIRE', KEYS[i], window)
+  end
+  if count > tonumber(ARGV[2 * i]) then return i end
+end
+redis.call('SET', KEYS[n + 1], ARGV[2 * n + 1], 'PX', ARGV[2 * n + 2])
+return 0
+"""
+""":meth:`RedisEphemeralStore.put_within_limits`: counters with limits and a ``SET``."""
+
 _UNAVAILABLE: Final = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 """Errors meaning the backend cannot serve us now (ReadOnlyError: failover in progress)."""
 
@@ -173,12 +211,24 @@ def _as_bytes(value: bytes | str | None) -> bytes | None:
     raise EphemeralStoreError("the Redis client decodes responses; values must stay bytes")
 
 
+class _Script:
+    """A Lua script sent as ``EVALSHA`` (its SHA-1), as ``EVAL`` once if the server lacks it."""
+
+    __slots__ = ("body", "sha")
+
+    def __init__(self, body: str) -> None:
+        self.body = body.encode()
+        self.sha = hashlib.sha1(self.body, usedforsecurity=False).hexdigest().encode()
+
+
 class RedisEphemeralStore:
     """:class:`~healthid.store.ephemeral.base.EphemeralStore` on Redis >= 6.2.
 
     Pass a ``redis.asyncio.Redis`` client made with ``decode_responses=False`` (the caller
     keeps owning it), or use :meth:`from_url`, which sets the timeouts and retry policy of
-    this module and closes the client in :meth:`aclose`.
+    this module and closes the client in :meth:`aclose`. The client answers :meth:`ping`;
+    the commands go over ``lanes`` connections of the store's own, made with the client's
+    connection settings (address, credentials, database, TLS) and closed in :meth:`aclose`.
     """
 
     def __init__(
@@ -187,23 +237,30 @@ class RedisEphemeralStore:
         *,
         prefix: str = DEFAULT_PREFIX,
         owns_client: bool = False,
-        lanes: Sequence[aioredis.Redis] = (),
+        lanes: int = LANES,
     ) -> None:
-        """``lanes``: clients that each keep one connection (``single_connection_client``),
-        used in turn for commands; redis-py's pool costs more CPU per command than the
-        command itself. Without lanes every command goes through ``client``."""
         validate_prefix(prefix)
-        if client.connection_pool.connection_kwargs.get("decode_responses"):
+        pool = client.connection_pool
+        if pool.connection_kwargs.get("decode_responses"):
             raise ValueError("the Redis client must not decode responses: values are bytes")
+        if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
+            raise ValueError("lanes must be a positive int")
         self._client = client
-        self._lanes = tuple(lanes) or (client,)
-        self._next_lane = itertools.cycle(range(len(self._lanes))).__next__
+        # redis-py's own per-read and per-write timeouts are off on the lanes: each reply has
+        # a deadline of SOCKET_TIMEOUT_SECONDS (PipelinedConnection) instead. RESP2, whatever
+        # redis-py's default: the replies are read here, as RESP2 types (Lua false is nil).
+        settings = {**pool.connection_kwargs, "socket_timeout": None, "protocol": 2}
+        connection_class = pool.connection_class
+        self._lanes = tuple(
+            PipelinedConnection(
+                lambda: connection_class(**settings), reply_timeout=SOCKET_TIMEOUT_SECONDS
+            )
+            for _ in range(lanes)
+        )
+        self._next_lane = itertools.cycle(self._lanes).__next__
         self._prefix = prefix
+        self._raw_prefix = prefix.encode("ascii")
         self._owns_client = owns_client
-        self._incr = client.register_script(INCR_SCRIPT)
-        self._incr_and_set = client.register_script(INCR_AND_SET_SCRIPT)
-        self._consume_and_get = client.register_script(CONSUME_AND_GET_SCRIPT)
-        self._consume_and_incr = client.register_script(CONSUME_AND_INCR_SCRIPT)
         self._version_checked = False
         self._closed = False
 
@@ -218,18 +275,7 @@ class RedisEphemeralStore:
             retry=Retry(NoBackoff(), COMMAND_RETRIES),
             decode_responses=False,
         )
-        lanes = [
-            aioredis.Redis.from_url(
-                url,
-                socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_SECONDS,
-                socket_timeout=SOCKET_TIMEOUT_SECONDS,
-                retry=Retry(NoBackoff(), COMMAND_RETRIES),
-                decode_responses=False,
-                single_connection_client=True,
-            )
-            for _ in range(LANES)
-        ]
-        return cls(client, prefix=prefix, owns_client=True, lanes=lanes)
+        return cls(client, prefix=prefix, owns_client=True)
 
     @property
     def prefix(self) -> str:
@@ -241,30 +287,27 @@ class RedisEphemeralStore:
         validate_value(value)
         validate_ttl(ttl)
         name = self._name(key)
-        with _backend_errors():
-            await self._lane().set(name, value, px=ttl_to_ms(ttl))
+        await self._call(b"SET", name, value, b"PX", b"%d" % ttl_to_ms(ttl))
 
     async def put_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         """``SET key value NX PX ttl``: first writer wins (RFC 7523 §3 replay cache)."""
         validate_value(value)
         validate_ttl(ttl)
         name = self._name(key)
-        with _backend_errors():
-            stored = await self._lane().set(name, value, nx=True, px=ttl_to_ms(ttl))
-        return stored is True
+        reply = await self._call(b"SET", name, value, b"NX", b"PX", b"%d" % ttl_to_ms(ttl))
+        stored: bool = reply == b"OK"  # nil: another writer was first
+        return stored
 
     async def get(self, key: str) -> bytes | None:
         """``GET key``."""
-        name = self._name(key)
-        with _backend_errors():
-            return _as_bytes(await self._lane().get(name))
+        return _as_bytes(await self._call(b"GET", self._name(key)))
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """``MGET``: one round trip."""
         validate_keys(keys)
-        names = [self._name(k) for k in keys]
-        with _backend_errors():
-            values = await self._lane().mget(names)
+        values = await self._call(b"MGET", *[self._name(k) for k in keys])
+        if not isinstance(values, list) or len(values) != len(keys):
+            raise EphemeralStoreError("MGET returned an unexpected reply")
         return [_as_bytes(v) for v in values]
 
     async def consume_and_get(
@@ -274,8 +317,7 @@ class RedisEphemeralStore:
         redis-py's transactions cost several times the commands)."""
         validate_keys(others)
         names = [self._name(key), *(self._name(k) for k in others)]
-        with _backend_errors():
-            result = await self._consume_and_get(keys=names, args=[], client=self._lane())
+        result = await self._script(_CONSUME_AND_GET, names)
         if not isinstance(result, list) or len(result) != len(names):
             raise EphemeralStoreError("the consume script returned an unexpected reply")
         consumed, *values = (_as_bytes(v) for v in result)
@@ -287,15 +329,9 @@ class RedisEphemeralStore:
         """:data:`CONSUME_AND_INCR_SCRIPT`: atomic, one round trip."""
         validate_ttl(window)
         names = [self._name(key), self._name(counter)]
-        with _backend_errors():
-            try:
-                result = await self._consume_and_incr(
-                    keys=names, args=[1, ttl_to_ms(window)], client=self._lane()
-                )
-            except ResponseError as exc:
-                if type(exc) is not ResponseError:
-                    raise
-                raise CounterValueError("value is not a 64-bit integer counter") from exc
+        result = await self._counting_script(
+            _CONSUME_AND_INCR, names, b"1", b"%d" % ttl_to_ms(window)
+        )
         if not isinstance(result, list) or len(result) != 2:
             raise EphemeralStoreError("the consume script returned an unexpected reply")
         value, count = result
@@ -307,15 +343,13 @@ class RedisEphemeralStore:
 
     async def consume(self, key: str) -> bytes | None:
         """``GETDEL key``: one atomic command, so one caller wins (CONVENTIONS 14)."""
-        name = self._name(key)
-        with _backend_errors():
-            return _as_bytes(await self._lane().getdel(name))
+        return _as_bytes(await self._call(b"GETDEL", self._name(key)))
 
     async def delete(self, key: str) -> bool:
         """``DEL key``; expired keys count as absent."""
-        name = self._name(key)
-        with _backend_errors():
-            removed: int = await self._lane().delete(name)
+        removed = await self._call(b"DEL", self._name(key))
+        if not isinstance(removed, int):
+            raise EphemeralStoreError("DEL returned a non-integer")
         return removed > 0
 
     async def incr(self, key: str, ttl: float, amount: int = 1) -> int:
@@ -323,16 +357,7 @@ class RedisEphemeralStore:
         validate_ttl(ttl)
         validate_amount(amount)
         name = self._name(key)
-        with _backend_errors():
-            try:
-                count = await self._incr(
-                    keys=[name], args=[amount, ttl_to_ms(ttl)], client=self._lane()
-                )
-            except ResponseError as exc:
-                if type(exc) is not ResponseError:  # read-only, OOM, ACL: mapped as usual
-                    raise
-                # INCRBY refused the stored value: not an integer, or it would overflow.
-                raise CounterValueError("value is not a 64-bit integer counter") from exc
+        count = await self._counting_script(_INCR, [name], b"%d" % amount, b"%d" % ttl_to_ms(ttl))
         if not isinstance(count, int):
             raise EphemeralStoreError("the counter script returned a non-integer")
         return count
@@ -345,26 +370,39 @@ class RedisEphemeralStore:
         validate_value(value)
         validate_ttl(ttl)
         names = [self._name(counter), self._name(key)]
-        with _backend_errors():
-            try:
-                count = await self._incr_and_set(
-                    keys=names,
-                    args=[1, ttl_to_ms(window), value, ttl_to_ms(ttl)],
-                    client=self._lane(),
-                )
-            except ResponseError as exc:
-                if type(exc) is not ResponseError:
-                    raise
-                raise CounterValueError("value is not a 64-bit integer counter") from exc
+        count = await self._counting_script(
+            _INCR_AND_SET,
+            names,
+            b"1",
+            b"%d" % ttl_to_ms(window),
+            value,
+            b"%d" % ttl_to_ms(ttl),
+        )
         if not isinstance(count, int):
             raise EphemeralStoreError("the counter script returned a non-integer")
         return count
 
+    async def put_within_limits(
+        self, limits: Sequence[tuple[str, float, int]], key: str, value: bytes, ttl: float
+    ) -> int | None:
+        """:data:`PUT_WITHIN_LIMITS_SCRIPT`: atomic, one round trip."""
+        validate_limits(limits)
+        validate_value(value)
+        validate_ttl(ttl)
+        names = [*(self._name(counter) for counter, _, _ in limits), self._name(key)]
+        args = [b"%d" % n for _, window, limit in limits for n in (ttl_to_ms(window), limit)]
+        refused = await self._counting_script(
+            _PUT_WITHIN_LIMITS, names, *args, value, b"%d" % ttl_to_ms(ttl)
+        )
+        if not isinstance(refused, int) or not 0 <= refused <= len(limits):
+            raise EphemeralStoreError("the limits script returned an unexpected reply")
+        return None if refused == 0 else refused - 1
+
     async def ttl(self, key: str) -> float | None:
         """``PTTL key`` in seconds; a key without expiry breaks the store's invariant."""
-        name = self._name(key)
-        with _backend_errors():
-            remaining_ms: int = await self._lane().pttl(name)
+        remaining_ms = await self._call(b"PTTL", self._name(key))
+        if not isinstance(remaining_ms, int):
+            raise EphemeralStoreError("PTTL returned a non-integer")
         if remaining_ms == _PTTL_NO_KEY:
             return None
         if remaining_ms < 0:
@@ -383,27 +421,56 @@ class RedisEphemeralStore:
         self._version_checked = True
 
     async def aclose(self) -> None:
-        """Close the client if this store made it; later operations are unavailable."""
+        """Close the lanes, and the client if this store made it; later operations are
+        unavailable."""
         if self._closed:
             return
         self._closed = True
-        if self._owns_client:
-            with _backend_errors():
-                for lane in self._lanes:
-                    if lane is not self._client:
-                        await lane.aclose()
+        with _backend_errors():
+            for lane in self._lanes:
+                await lane.aclose()
+            if self._owns_client:
                 await self._client.aclose()
 
-    def _lane(self) -> aioredis.Redis:
-        """The next lane; a busy one queues the command behind its connection's lock."""
-        return self._lanes[self._next_lane()]
+    async def _call(self, *command: bytes) -> Any:
+        """One command on the next lane (a busy lane queues it behind its lock)."""
+        with _backend_errors():
+            return await self._next_lane().call(pack(*command))
 
-    def _name(self, key: str) -> str:
+    async def _script(self, script: _Script, keys: Sequence[bytes], *args: bytes) -> Any:
+        """``EVALSHA``; the script body once if the server does not know it (a restarted or
+        flushed server), which also caches it there. The whole script ran, or none of it."""
+        count = b"%d" % len(keys)
+        with _backend_errors():
+            lane = self._next_lane()
+            try:
+                return await lane.call(pack(b"EVALSHA", script.sha, count, *keys, *args))
+            except NoScriptError:
+                return await lane.call(pack(b"EVAL", script.body, count, *keys, *args))
+
+    async def _counting_script(self, script: _Script, keys: Sequence[bytes], *args: bytes) -> Any:
+        """:meth:`_script` for the scripts that ``INCRBY``: Redis refusing the stored value
+        (not an integer, or it would overflow) is a :class:`CounterValueError`."""
+        try:
+            return await self._script(script, keys, *args)
+        except EphemeralStoreError as exc:
+            if type(exc.__cause__) is not ResponseError:  # read-only, OOM, ACL: as mapped
+                raise
+            raise CounterValueError("value is not a 64-bit integer counter") from exc.__cause__
+
+    def _name(self, key: str) -> bytes:
         """The Redis key: the prefix plus a validated key (checked before any I/O)."""
         validate_key(key)
         self._check_open()
-        return self._prefix + key
+        return self._raw_prefix + key.encode("ascii")
 
     def _check_open(self) -> None:
         if self._closed:
             raise EphemeralStoreUnavailable("the Redis ephemeral store is closed")
+
+
+_INCR: Final = _Script(INCR_SCRIPT)
+_INCR_AND_SET: Final = _Script(INCR_AND_SET_SCRIPT)
+_CONSUME_AND_GET: Final = _Script(CONSUME_AND_GET_SCRIPT)
+_CONSUME_AND_INCR: Final = _Script(CONSUME_AND_INCR_SCRIPT)
+_PUT_WITHIN_LIMITS: Final = _Script(PUT_WITHIN_LIMITS_SCRIPT)
