@@ -178,6 +178,10 @@ class EnclaveServer:
                 task = asyncio.create_task(self._answer(session, payload, writer, lock))
                 tasks.add(task)
                 task.add_done_callback(finished)
+        except asyncio.CancelledError:
+            # the server is closing: end this handler quietly (asyncio 3.11's stream callback
+            # would report a cancelled handler as an unhandled error at every shutdown)
+            return
         finally:
             for task in list(tasks):
                 task.cancel()
