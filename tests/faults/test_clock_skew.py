@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,7 @@ from faults_testlib import (
     RecordingStore,
     code_of,
     consent,
-    embedded_settings,
     enrolled_wallet,
-    loopback_federation,
     member_form,
     push,
     redeem,
@@ -43,17 +40,6 @@ from stack_testlib import import_synthetic_registry
 SKEW = 30  # seconds: the drift the checklist says the platform must survive
 REJECT_BEYOND = 60  # seconds: the checklist's "reject beyond +60 s" (CLOCK_SKEW_SECONDS honours it)
 ROWS = list(synthetic_rows(3, seed=31))
-
-
-@pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    return embedded_settings(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def federation() -> Iterator[LoopbackFederation]:
-    with loopback_federation() as f:
-        yield f
 
 
 def payload(token: str) -> dict[str, Any]:

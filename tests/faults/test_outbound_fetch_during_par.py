@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +20,6 @@ from faults_testlib import (
     WELL_KNOWN,
     FederatedIdp,
     LoopbackFederation,
-    embedded_settings,
-    loopback_federation,
     member_form,
     push,
 )
@@ -35,17 +31,6 @@ from rp_testlib import FakeRp, pkce
 # What "quickly" means for a refused PAR whose fetch misbehaves: the fetch deadline it hit,
 # plus the rest of the PAR (two good fetches, signature checks) on a shared, busy machine.
 MARGIN_SECONDS = 2.5
-
-
-@pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    return embedded_settings(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def federation() -> Iterator[LoopbackFederation]:
-    with loopback_federation() as f:
-        yield f
 
 
 def par(

@@ -22,7 +22,6 @@ from faults_testlib import (
     RpView,
     code_of,
     consent,
-    embedded_settings,
     enrolled_wallet,
     push,
     redeem,
@@ -55,11 +54,6 @@ from stack_testlib import import_synthetic_registry
 ID_TOKEN_LIFETIME = 300  # spec §8
 T0 = 1_750_000_000
 ROWS = list(synthetic_rows(3, seed=23))
-
-
-@pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    return embedded_settings(tmp_path, monkeypatch)
 
 
 # -- the schedule, with an injected clock ---------------------------------------------------

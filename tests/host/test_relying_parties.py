@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import datetime
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from cryptography.x509.oid import NameOID
 
+from federation_testlib import self_signed_cert_b64
 from healthid.host.fetch import CONTENT_TYPE_ENTITY_STATEMENT, GuardedFetcher
 from healthid.host.relying_parties import (
     MAX_RP_CACHE_SECONDS,
@@ -59,22 +56,6 @@ class Key:
         assert kid == self.kid
         r, s = decode_dss_signature(self.private.sign(data, ec.ECDSA(hashes.SHA256())))
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-
-
-def certificate_b64(key: ec.EllipticCurvePrivateKey) -> str:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rp tls")])
-    start = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(start)
-        .not_valid_after(start + datetime.timedelta(days=3650))
-        .sign(key, hashes.SHA256())
-    )
-    return base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
 
 
 @dataclass
@@ -120,7 +101,7 @@ class FakeFederation:
         )
 
     def rp_configuration(self) -> str:
-        tls = {**self.tls_key.jwk(), "x5c": [certificate_b64(self.tls_key.private)]}
+        tls = {**self.tls_key.jwk(), "x5c": [self_signed_cert_b64(self.tls_key.private, "rp tls")]}
         claims = {
             "iss": RP,
             "sub": RP,
