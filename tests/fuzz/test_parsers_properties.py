@@ -314,7 +314,6 @@ def test_trust_chain_metadata_raises_only_declared_errors(
 ) -> None:
     """A valid two-statement chain whose RP metadata (incl. its jwks) is arbitrary."""
     from federation_testlib import MASTER, RP, rp_configuration
-
     from healthid.protocol.federation import FederationError, resolve_relying_party
     from healthid.protocol.federation.master import sign_subordinate_statement
 

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from federation_testlib import NOW, new_key, self_signed_cert_b64, unverified_claims
 
+from federation_testlib import NOW, new_key, self_signed_cert_b64, unverified_claims
 from healthid.protocol.federation import (
     InvalidStatement,
     ProviderConfiguration,

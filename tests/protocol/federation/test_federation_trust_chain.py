@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+
 from federation_testlib import (
     MASTER,
     NOW,
@@ -13,7 +14,6 @@ from federation_testlib import (
     rp_configuration,
     self_signed_cert_b64,
 )
-
 from healthid.protocol.federation import (
     IdpListEntry,
     IssuerMismatch,
