@@ -5,15 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from federation_testlib import self_signed_cert_b64
+from federation_testlib import Key, new_key, self_signed_cert_b64
 from healthid.host.fetch import CONTENT_TYPE_ENTITY_STATEMENT, GuardedFetcher
 from healthid.host.relying_parties import (
     MAX_RP_CACHE_SECONDS,
@@ -28,7 +24,6 @@ from healthid.host.relying_parties import (
 )
 from healthid.protocol.federation import sign_subordinate_statement
 from healthid.protocol.federation.statements import sign_entity_statement
-from healthid.protocol.jose import public_jwk
 from healthid.store.ephemeral import MemoryEphemeralStore
 
 NOW = 1_750_000_000
@@ -38,35 +33,15 @@ FETCH_PATH = "/federation/fetch"
 PUBLIC_IP = "93.184.215.14"
 
 
-@dataclass(frozen=True)
-class Key:
-    kid: str
-    private: ec.EllipticCurvePrivateKey = field(
-        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
-    )
-
-    def jwk(self, use: str = "sig") -> dict[str, Any]:
-        return public_jwk(self.private.public_key(), kid=self.kid, use=use)
-
-    @property
-    def jwks(self) -> dict[str, Any]:
-        return {"keys": [self.jwk()]}
-
-    def sign(self, kid: str, data: bytes) -> bytes:
-        assert kid == self.kid
-        r, s = decode_dss_signature(self.private.sign(data, ec.ECDSA(hashes.SHA256())))
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-
-
 @dataclass
 class FakeFederation:
     """A master and one RP, signed with the pure functions, served through MockTransport."""
 
     clock: list[float]
-    master_key: Key = field(default_factory=lambda: Key("puk_fedmaster_sig"))
-    rp_key: Key = field(default_factory=lambda: Key("puk_fd_sig"))
-    tls_key: Key = field(default_factory=lambda: Key("puk_tls_sig"))
-    enc_key: Key = field(default_factory=lambda: Key("puk_fd_enc"))
+    master_key: Key = field(default_factory=lambda: new_key("puk_fedmaster_sig"))
+    rp_key: Key = field(default_factory=lambda: new_key("puk_fd_sig"))
+    tls_key: Key = field(default_factory=lambda: new_key("puk_tls_sig"))
+    enc_key: Key = field(default_factory=lambda: new_key("puk_fd_enc"))
     vouched: set[str] = field(default_factory=lambda: {RP})
     master_signer: Key | None = None  # sign the master statements with another key
     rp_lifetime: int = 3600
@@ -264,7 +239,7 @@ async def test_registry_refuses_an_rp_the_master_does_not_vouch_for(
 async def test_registry_refuses_a_master_statement_signed_by_an_unpinned_key(
     federation: FakeFederation, clock: list[float]
 ) -> None:
-    federation.master_signer = Key("puk_fedmaster_sig")  # same kid, different key
+    federation.master_signer = new_key("puk_fedmaster_sig")  # same kid, different key
     with pytest.raises(RelyingPartyError) as info:
         await registry(federation, clock).resolve(RP)
     assert info.value.reason == "master_unusable"
@@ -276,7 +251,7 @@ async def test_registry_refuses_a_subordinate_statement_signed_by_an_unpinned_ke
 ) -> None:
     reg = registry(federation, clock)
     await reg._master_fetch_endpoint()  # the master's configuration is genuine and cached
-    federation.master_signer = Key("puk_fedmaster_sig")
+    federation.master_signer = new_key("puk_fedmaster_sig")
     with pytest.raises(RelyingPartyError, match="trust chain is refused") as info:
         await reg.resolve(RP)
     assert info.value.reason == "untrusted"
@@ -286,7 +261,7 @@ async def test_registry_refuses_an_rp_signed_with_an_unvouched_key(
     federation: FakeFederation, clock: list[float]
 ) -> None:
     genuine = federation.rp_key
-    federation.rp_key = Key(genuine.kid)
+    federation.rp_key = new_key(genuine.kid)
     vouched_jwks = genuine.jwks
     original = federation.subordinate
 

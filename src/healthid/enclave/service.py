@@ -77,6 +77,17 @@ IMPORT_CHUNK = 2_000  # rows per unit of work handed to a worker process
 FRESH_LOGIN_BOUND = 120 + AUTHORIZATION_CODE_TTL
 
 
+def _ticket_assurance(ticket: api.SessionTicket) -> Assurance:
+    """acr/amr of the login a session ticket vouches for (ValueError: an unknown method or
+    key class)."""
+    return derive_assurance(
+        method=ProofingMethod(ticket.proofing_method),
+        key_class=DeviceKeyClass(ticket.key_class),
+        proofed_at=ticket.proofed_at,
+        now=ticket.auth_time,
+    )
+
+
 _ChunkResult = tuple[list[tuple[int, api.SealedPolicyholder]], list[api.RowError]]
 
 
@@ -353,12 +364,7 @@ class Enclave:
         its bearer and the ticket."""
         grant = await self._login(request, channel=True)
         ticket = self._sessions.ticket(grant.ticket)
-        assurance = derive_assurance(
-            method=ProofingMethod(ticket.proofing_method),
-            key_class=DeviceKeyClass(ticket.key_class),
-            proofed_at=ticket.proofed_at,
-            now=ticket.auth_time,
-        )
+        assurance = _ticket_assurance(ticket)
         result: CborValue = {
             "session": grant.session,
             "auth_time": ticket.auth_time,
@@ -383,12 +389,7 @@ class Enclave:
         if ticket.pseudonym != request.sealed.pseudonym:
             raise api.SessionRefused("the records are not the logged-in person's")
         try:
-            assurance = derive_assurance(
-                method=ProofingMethod(ticket.proofing_method),
-                key_class=DeviceKeyClass(ticket.key_class),
-                proofed_at=ticket.proofed_at,
-                now=ticket.auth_time,
-            )
+            assurance = _ticket_assurance(ticket)
         except ValueError:
             raise api.SessionRefused("the session ticket names an unknown assurance") from None
         if request.single_sign_on or int(self._wall()) - ticket.auth_time > FRESH_LOGIN_BOUND:
