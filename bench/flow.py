@@ -128,7 +128,12 @@ def bench_app() -> Any:
         trusted_proxies=["127.0.0.1"],
         enclave_socket=os.environ.get("HEALTHID_BENCH_ENCLAVE_SOCKET") or None,
     )
-    return build_app(settings, resolver=Resolver(), prepared=True)
+    app = build_app(settings, resolver=Resolver(), prepared=True)
+    if not os.environ.get("HEALTHID_BENCH_DEFAULT_GC"):  # as `healthid serve` runs it
+        from healthid.gc_tuning import tune_for_serving
+
+        tune_for_serving()
+    return app
 
 
 def serve(directory: str, db_url: str, prefix: str, port: int, workers: int) -> None:

@@ -78,6 +78,7 @@ def serve(
     """Run the host (IdP, wallet API) with the configured stores and enclave."""
     import uvicorn
 
+    from healthid.gc_tuning import tune_for_serving
     from healthid.host.observability import clear_multiprocess_dir, logging_config
     from healthid.runtime import build_app, prepare_for_workers
 
@@ -144,7 +145,9 @@ def serve(
         click.echo(f"{workers} worker processes")
         uvicorn.run("healthid.runtime:worker_app", factory=True, workers=workers, **options)
         return
-    uvicorn.run(build_app(settings, extra_routes=extra), **options)
+    app = build_app(settings, extra_routes=extra)
+    tune_for_serving()
+    uvicorn.run(app, **options)
 
 
 def _seed_demo(settings: Settings) -> dict[str, Any]:

@@ -52,6 +52,7 @@ from healthid.enclave_runtime import (
     key_release_policy,
     root_key_sealer,
 )
+from healthid.gc_tuning import tune_for_serving
 from healthid.keys.base import KeyStoreError
 from healthid.settings import CONFIG_ENV, Settings, SettingsError, load_settings
 
@@ -143,6 +144,7 @@ async def run_enclave(
             )
             if status.warning:
                 click.echo(f"healthid enclave: {status.warning}", err=True)
+            tune_for_serving()
             await stop.wait()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):

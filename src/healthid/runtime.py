@@ -261,7 +261,7 @@ class Runtime:
 async def open_runtime(settings: Settings, *, migrate: bool | None = None) -> Runtime:
     """Open the stores and the enclave. Development mode applies migrations by default."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(settings.sql_url)
+    engine = create_engine(settings.sql_url, pool_size=settings.database_pool_size)
     if settings.development if migrate is None else migrate:
         await upgrade(engine)
     key_store = build_key_store(settings)
@@ -370,9 +370,12 @@ def worker_app() -> Starlette:
     """One worker of ``healthid serve --workers N`` (uvicorn imports this factory in each
     worker process): settings from the environment and HEALTHID_CONFIG, like the parent's;
     the parent has migrated the database and created the first keys."""
+    from healthid.gc_tuning import tune_for_serving
     from healthid.settings import load_settings
 
-    return build_app(load_settings(), prepared=True)
+    app = build_app(load_settings(), prepared=True)
+    tune_for_serving()
+    return app
 
 
 async def prepare_for_workers(settings: Settings) -> None:

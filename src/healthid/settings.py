@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     data_dir: Path = DEFAULT_DATA_DIR
     # SQL: SQLite file under data_dir unless a URL is given (postgresql+asyncpg://...).
     database_url: str | None = None
+    # PostgreSQL connections each process (worker) keeps open; requests wait for a free one
+    # rather than opening more (no connect per request under load). Workers x this must stay
+    # below the server's max_connections (PostgreSQL's default: 100).
+    database_pool_size: int = Field(default=16, ge=1, le=200)
     # Ephemeral store: in-memory unless a Redis URL is given.
     redis_url: str | None = None
     # Namespace of every Redis key (several deployments or test runs may share one Redis).

@@ -131,6 +131,7 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,  # e.g. no host of a multi-host URL is read-write (failover)
     asyncpg.OperatorInterventionError,  # the server is shutting down or killed our session
+    sqlalchemy.exc.TimeoutError,  # every pooled connection stayed busy for POOL_TIMEOUT_S
     ConnectionError,
 )
 

@@ -18,7 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # PostgreSQL pool size per process; many workers share the server's connection limit.
-POOL_SIZE = 10
+POOL_SIZE = 16
+# How long a request waits for a pooled connection before it fails (then 503).
+POOL_TIMEOUT_S = 10.0
 STATEMENT_TIMEOUT_MS = 30_000
 POOL_RECYCLE_S = 1800
 # Multi-host URLs: a host that has not accepted us within this is given up for the next one.
@@ -104,12 +106,16 @@ def _each_host_in_turn(
     return connect
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = POOL_SIZE) -> AsyncEngine:
     """An async engine for ``url`` (``sqlite+aiosqlite://`` or ``postgresql+asyncpg://``).
 
     Several PostgreSQL servers (a primary and its standbys), of which only the writable one is
     used: ``postgresql+asyncpg://user@/db?host=h1:5432&host=h2:5432&target_session_attrs=
     read-write`` (SQLAlchemy's multi-host form; libpq's ``h1:5432,h2:5432`` is not parsed).
+
+    The pool keeps ``pool_size`` connections and opens no more: under load, connections
+    opened beyond it and closed again on return cost a connect (TLS attempt, authentication,
+    statement preparation) per request, on both sides.
     """
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1] if ":///" in url else ""
@@ -128,7 +134,9 @@ def create_engine(url: str) -> AsyncEngine:
         connect = {"async_creator": _each_host_in_turn(hosts, {**opts, **connect_args})}
     return create_async_engine(
         url,
-        pool_size=POOL_SIZE,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=POOL_TIMEOUT_S,
         # No pre-ping (a round trip per checkout): a connection that died with the server
         # fails its request once, and SQLAlchemy then invalidates the whole pool.
         pool_recycle=POOL_RECYCLE_S,
