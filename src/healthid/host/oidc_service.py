@@ -18,7 +18,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import asdict, fields
+from dataclasses import fields
 from typing import Any, Protocol, TypeVar
 
 from healthid.enclave.api import (
@@ -96,13 +96,29 @@ class RelyingPartyResolver(Protocol):
     async def resolve(self, client_id: str) -> ResolvedRelyingParty: ...
 
 
+_FIELD_NAMES: dict[type[Any], frozenset[str]] = {}
+
+
+def _field_names(cls: type[Any]) -> frozenset[str]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = frozenset(f.name for f in fields(cls))
+    return names
+
+
+def _flat(value: Any) -> dict[str, Any]:
+    """A flat dataclass's fields (text, numbers, None, tuples of text) as JSON takes them:
+    what ``asdict`` gives, without its recursion and deep copy of every value."""
+    return {name: getattr(value, name) for name in _field_names(type(value))}
+
+
 def _dump(value: Any) -> bytes:
-    return json.dumps(asdict(value)).encode()
+    return json.dumps(_flat(value)).encode()
 
 
 def _load(cls: type[T], raw: bytes) -> T:
     data = json.loads(raw)
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    names = _field_names(cls)
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
 
 
@@ -323,7 +339,7 @@ class OidcService:
             pending, consent=given, now=self._now(), rng=self._rng
         )
         record = {
-            "issued": asdict(issued),
+            "issued": _flat(issued),
             "pseudonym": pseudonym,
             "assurance": _assurance_dict(assurance),
             "auth_time": auth_time,

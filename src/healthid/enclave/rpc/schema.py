@@ -134,26 +134,35 @@ class Fields:
     def get(self, key: str, decode: Decoder[T]) -> T:
         return decode(self._map[key], f"{self._what}.{key}")
 
+    # The scalar readers take the decoder's exact types at once and name the field (an
+    # f-string per field) only on the way to the error; the decoder makes no subclasses.
     def text(self, key: str) -> str:
-        return self.get(key, text)
+        value = self._map[key]
+        return value if type(value) is str else self.get(key, text)
 
     def opt_text(self, key: str) -> str | None:
-        return self.get(key, _optional_text)
+        value = self._map[key]
+        return value if value is None or type(value) is str else self.get(key, _optional_text)
 
     def blob(self, key: str) -> bytes:
-        return self.get(key, blob)
+        value = self._map[key]
+        return value if type(value) is bytes else self.get(key, blob)
 
     def opt_blob(self, key: str) -> bytes | None:
-        return self.get(key, _optional_blob)
+        value = self._map[key]
+        return value if value is None or type(value) is bytes else self.get(key, _optional_blob)
 
     def integer(self, key: str) -> int:
-        return self.get(key, integer)
+        value = self._map[key]
+        return value if type(value) is int else self.get(key, integer)
 
     def count(self, key: str) -> int:
-        return self.get(key, count)
+        value = self._map[key]
+        return value if type(value) is int and value >= 0 else self.get(key, count)
 
     def boolean(self, key: str) -> bool:
-        return self.get(key, boolean)
+        value = self._map[key]
+        return value if type(value) is bool else self.get(key, boolean)
 
     def array(self, key: str, decode: Decoder[T]) -> tuple[T, ...]:
         return array(self._map[key], f"{self._what}.{key}", decode)
