@@ -153,6 +153,8 @@ def serve(directory: str, db_url: str, prefix: str, port: int, workers: int) -> 
         "log_level": "warning",
         "access_log": False,
         "proxy_headers": False,
+        "server_header": False,  # as healthid serve runs it
+        "http": "healthid.host.http_protocol:HeadCoalescingHttpToolsProtocol",  # as healthid serve
     }
     if workers > 1:
         uvicorn.run("flow:bench_app", factory=True, workers=workers, **options)

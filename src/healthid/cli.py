@@ -79,6 +79,7 @@ def serve(
     import uvicorn
 
     from healthid.gc_tuning import tune_for_serving
+    from healthid.host.http_protocol import HeadCoalescingHttpToolsProtocol
     from healthid.host.observability import clear_multiprocess_dir, logging_config
     from healthid.runtime import build_app, prepare_for_workers
 
@@ -138,6 +139,9 @@ def serve(
         # The peer must stay the TLS terminator's address: X-SSL-CERT and X-Forwarded-For are
         # believed only from trusted proxies (the app reads them itself, see wallet_api).
         "proxy_headers": False,
+        # httptools, writing a response's head with its body: one write per small response
+        # (a class by module path: pickled into the worker processes by reference)
+        "http": HeadCoalescingHttpToolsProtocol,
     }
     clear_multiprocess_dir()  # PROMETHEUS_MULTIPROC_DIR: /metrics sums every worker's counts
     if workers > 1:
