@@ -9,6 +9,7 @@ login (a replayed or cloned signature is refused: eid-egk-wallet-device.md §4.4
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 
 from cryptography.exceptions import InvalidSignature
@@ -41,6 +42,13 @@ def load_device_key(spki_der: bytes) -> ec.EllipticCurvePublicKey:
     """A P-256 public key from SubjectPublicKeyInfo DER; anything else is refused."""
     if len(spki_der) > MAX_PUBLIC_KEY_BYTES:
         raise DeviceAuthError("device key too large")
+    return _device_key(spki_der)
+
+
+@functools.lru_cache(maxsize=4096)
+def _device_key(spki_der: bytes) -> ec.EllipticCurvePublicKey:
+    """Parsed and checked once per key (the point check is a good part of a login's cost):
+    public keys, which the host's device table holds anyway; a key refused is not remembered."""
     try:
         key = load_der_public_key(spki_der)
     except (ValueError, TypeError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -71,9 +72,17 @@ def p256_public_key(jwk: Mapping[str, Any], *, use: str) -> ec.EllipticCurvePubl
     if len(x) != COORDINATE_BYTES or len(y) != COORDINATE_BYTES:
         raise UnsuitableKey("the key's coordinates have the wrong length")
     try:
-        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + x + y)
+        return _p256_point(b"\x04" + x + y)
     except ValueError:
         raise UnsuitableKey("the key's point is not on P-256") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _p256_point(encoded: bytes) -> ec.EllipticCurvePublicKey:
+    """The public key of an uncompressed P-256 point, checked to lie on the curve. Public keys
+    only, from a few relying parties and signers: each is checked and parsed once (the check
+    costs as much as a third of an ID token's ECDH); a point refused is not remembered."""
+    return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), encoded)
 
 
 def select_key(jwks: Mapping[str, Any], kid: object, *, use: str) -> Mapping[str, Any]:
