@@ -142,3 +142,11 @@ def softhsm_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S
         env={**os.environ, "SOFTHSM2_CONF": str(conf)},
     )
     yield token
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No HEALTHID_* variable of the calling shell reaches the settings a test loads."""
+    for name in list(os.environ):
+        if name.startswith("HEALTHID_"):
+            monkeypatch.delenv(name)

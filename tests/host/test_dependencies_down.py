@@ -3,7 +3,6 @@ protocol's temporary error as JSON (503, Retry-After), never a bare 500, and iss
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,6 @@ from healthid.settings import load_settings
 
 BASE = "http://testserver"
 CLOSED = "127.0.0.1:1"  # nothing listens on port 1
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("HEALTHID_"):
-            monkeypatch.delenv(name)
 
 
 def assert_temporarily_unavailable(status: int, body: dict[str, str], headers: dict[str, str]):

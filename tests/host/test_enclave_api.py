@@ -18,13 +18,6 @@ BASE = "http://testserver"
 POLICY = TeePolicy(mrsigners=frozenset({b"\x01" * 32}), isv_prod_id=1)  # SGX only; unused here
 
 
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("HEALTHID_"):
-            monkeypatch.delenv(name)
-
-
 def test_the_wallet_sdk_verifies_the_attestation_only_in_development(
     tmp_path: Path, clean_env: None
 ) -> None:

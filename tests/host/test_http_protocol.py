@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import threading
 import time
@@ -398,12 +397,7 @@ def test_the_import_check_notices_a_changed_uvicorn(monkeypatch: pytest.MonkeyPa
         http_protocol._check_uvicorn()
 
 
-def test_healthid_app_responses_are_one_write_each(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for name in list(os.environ):
-        if name.startswith("HEALTHID_"):
-            monkeypatch.delenv(name)
+def test_healthid_app_responses_are_one_write_each(tmp_path: Path, clean_env: None) -> None:
     app = build_app(load_settings(data_dir=tmp_path, enclave_workers=1))
     with serving(app, lifespan="on") as bound, connect(bound) as (sock, reader):
         sock.sendall(request("GET", "/healthz"))

@@ -5,7 +5,6 @@ both sides. A request that waits too long for a connection gets 503, not a 500."
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
@@ -58,13 +57,7 @@ async def test_a_request_that_finds_every_connection_busy_times_out(
         await engine.dispose()
 
 
-def test_a_busy_pool_answers_503_temporarily_unavailable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for name in list(os.environ):
-        if name.startswith("HEALTHID_"):
-            monkeypatch.delenv(name)
-
+def test_a_busy_pool_answers_503_temporarily_unavailable(tmp_path: Path, clean_env: None) -> None:
     async def busy(request: Request) -> Response:
         raise sqlalchemy.exc.TimeoutError("QueuePool limit of size 1 overflow 0 reached")
 

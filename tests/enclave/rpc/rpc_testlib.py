@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -216,3 +218,20 @@ def id_token_request(
         rp_statements=(),
         rp_encryption_jwk=dict(public_jwk(rp_key.public_key(), kid="rp-enc", use="enc")),
     )
+
+
+def same(a: Any, b: Any, *, key_order: bool = False) -> bool:
+    """Equal with the same types all the way down (bool is not int, bytes is not bytearray),
+    floats equal in sign too (0.0 vs -0.0); with ``key_order`` maps in the same key order."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return a == b and math.copysign(1, a) == math.copysign(1, b)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(
+            same(x, y, key_order=key_order) for x, y in zip(a, b, strict=True)
+        )
+    if isinstance(a, dict):
+        keys_match = list(a) == list(b) if key_order else a.keys() == b.keys()
+        return keys_match and all(same(a[k], b[k], key_order=key_order) for k in a)
+    return bool(a == b)

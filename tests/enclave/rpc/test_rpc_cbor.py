@@ -27,6 +27,7 @@ import cbor2
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from rpc_testlib import same as same_values
 
 from healthid.enclave.rpc import cbor
 from healthid.enclave.rpc.errors import CodecError
@@ -47,17 +48,8 @@ _SINGLE, _DOUBLE = cbor._SINGLE, cbor._DOUBLE
 
 # -- comparing outcomes ---------------------------------------------------------------------
 def same(a: object, b: object) -> bool:
-    """Equal with the same types all the way down (bool is not int, bytes is not bytearray),
-    floats equal in sign too (0.0 vs -0.0)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float):
-        return a == b and math.copysign(1, a) == math.copysign(1, b)  # type: ignore[arg-type]
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))  # type: ignore[arg-type]
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)  # type: ignore[call-overload,index]
-    return a == b
+    """rpc_testlib.same, maps in the same key order too."""
+    return same_values(a, b, key_order=True)
 
 
 def outcome(function: Callable[[Any], object], argument: object) -> tuple[object, ...]:

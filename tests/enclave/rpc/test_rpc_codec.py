@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rpc_testlib import same
 
 from healthid.enclave.rpc import cbor
 from healthid.enclave.rpc.codec import (
@@ -30,19 +31,6 @@ VECTORS = json.loads((Path(__file__).parent / "vectors" / "cbor_deterministic.js
 
 def vector_value(vector: dict[str, Any]) -> object:
     return bytes.fromhex(vector["bytes"]) if "bytes" in vector else vector["value"]
-
-
-def same(a: object, b: object) -> bool:
-    """Equal, and floats equal in sign too (0.0 vs -0.0), and bool is not int."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float):
-        return a == b and math.copysign(1, a) == math.copysign(1, b)  # type: ignore[arg-type]
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))  # type: ignore[arg-type]
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)  # type: ignore[attr-defined,index]
-    return a == b
 
 
 # -- known answers ------------------------------------------------------------------------------

@@ -26,13 +26,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("HEALTHID_"):
-            monkeypatch.delenv(name)
-
-
 async def test_a_loopback_port_serves_the_same_interface(tmp_path: Path, clean_env: None) -> None:
     enclave = in_process(enclave_settings(tmp_path))
     try:
