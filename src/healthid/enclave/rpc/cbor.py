@@ -136,17 +136,10 @@ def _plain_array(value: list[Any] | tuple[Any, ...], depth: int, floats: list[fl
     depth += 1
     copy = None if type(value) is list else list(value)  # a tuple becomes a list
     for i, item in enumerate(value):
-        kind = type(item)
-        if kind in _LEAVES:
+        kind = type(item)  # the common leaves here, without a call each
+        if kind in _LEAVES or (kind is int and _INT_LOW <= item < _UINT_LIMIT):
             continue
-        if kind is dict:
-            plain = _plain_map(item, depth, floats)
-        elif kind is list:
-            plain = _plain_array(item, depth, floats)
-        elif kind is int and _INT_LOW <= item < _UINT_LIMIT:
-            continue
-        else:
-            plain = _plain(item, depth, floats)
+        plain = _plain(item, depth, floats)
         if plain is not item:
             if copy is None:
                 copy = list(value)
@@ -167,16 +160,9 @@ def _plain_map(value: dict[Any, Any], depth: int, floats: list[float]) -> object
         copy = None
         for key, item in value.items():
             kind = type(item)
-            if kind in _LEAVES:
+            if kind in _LEAVES or (kind is int and _INT_LOW <= item < _UINT_LIMIT):
                 continue
-            if kind is dict:
-                plain = _plain_map(item, depth, floats)
-            elif kind is list:
-                plain = _plain_array(item, depth, floats)
-            elif kind is int and _INT_LOW <= item < _UINT_LIMIT:
-                continue
-            else:
-                plain = _plain(item, depth, floats)
+            plain = _plain(item, depth, floats)
             if plain is not item:
                 if copy is None:
                     copy = dict(value)
@@ -187,13 +173,7 @@ def _plain_map(value: dict[Any, Any], depth: int, floats: list[float]) -> object
     for key in order:
         item = value[key]
         kind = type(item)
-        if kind in _LEAVES:
-            pass
-        elif kind is dict:
-            item = _plain_map(item, depth, floats)
-        elif kind is list:
-            item = _plain_array(item, depth, floats)
-        elif not (kind is int and _INT_LOW <= item < _UINT_LIMIT):
+        if not (kind in _LEAVES or (kind is int and _INT_LOW <= item < _UINT_LIMIT)):
             item = _plain(item, depth, floats)
         ordered[key] = item
     return ordered
