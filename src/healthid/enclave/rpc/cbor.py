@@ -17,7 +17,7 @@ that fast path does not vouch for goes to the *reference* codec, the pure-Python
 module from before (kept below, unchanged): it has the last word on every refusal (the same
 CodecError, same message) and on every unusual type (subclasses such as enums, Mappings that
 are no dict, bytearray, ...). The fast path only ever answers where the reference gives the
-same answer; it is just faster (the tests hold it to that against a frozen copy).
+same answer; it is just faster (the tests hold the two to that, and pin the reference's outputs).
 
 - ``encode``: the walk accepts exact dict (text keys), list, tuple, str, bytes, int in range,
   finite float, bool and None, at most MAX_DEPTH containers deep, and puts map keys into the
