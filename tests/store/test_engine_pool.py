@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 import sqlalchemy.exc
 from sqlalchemy import text
@@ -68,3 +69,90 @@ def test_a_busy_pool_answers_503_temporarily_unavailable(tmp_path: Path, clean_e
     assert answer.json()["error"] == "temporarily_unavailable"
     assert int(answer.headers["retry-after"]) > 0
     assert "QueuePool" not in answer.text
+
+
+async def test_driver_connections_come_back_to_the_pool_without_a_reset_error(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The hot paths' asyncpg connection is returned without an await (no transaction is
+    begun on it through SQLAlchemy): nothing is logged, and the same connections serve the
+    next statements, through asyncpg and through SQLAlchemy alike."""
+    engine = create_engine(pg_url, pool_size=2)
+    try:
+
+        async def one() -> int:
+            async with engine_module.driver_connection(engine) as pg:
+                pid = await pg.fetchval("SELECT pg_backend_pid()")
+                await asyncio.sleep(0.01)
+                return int(pid)
+
+        with caplog.at_level("DEBUG", logger="sqlalchemy.pool"):
+            backends = set(await asyncio.gather(*(one() for _ in range(10))))
+        assert len(backends) == 2
+        assert engine.pool.checkedin() == 2  # type: ignore[attr-defined]
+        assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
+        async with engine.connect() as conn:  # SQLAlchemy draws the same connections
+            pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        assert pid in backends
+    finally:
+        await engine.dispose()
+
+
+async def test_a_failed_statement_on_a_live_driver_connection_keeps_the_pool(
+    pg_url: str,
+) -> None:
+    """An error of the statement (not of the connection) leaves the connection pooled."""
+    engine = create_engine(pg_url, pool_size=1)
+    try:
+        async with engine_module.driver_connection(engine) as pg:
+            first = await pg.fetchval("SELECT pg_backend_pid()")
+        with pytest.raises(Exception, match="division by zero"):
+            async with engine_module.driver_connection(engine) as pg:
+                await pg.fetchval("SELECT 1/0")
+        async with engine_module.driver_connection(engine) as pg:
+            assert await pg.fetchval("SELECT pg_backend_pid()") == first
+    finally:
+        await engine.dispose()
+
+
+async def _terminate(pg_url: str, pid: int) -> None:
+    """End a backend from another connection and wait until it is gone."""
+    killer = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await killer.execute(f"SELECT pg_terminate_backend({int(pid)})")
+        for _ in range(100):
+            if not await killer.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid
+            ):
+                return
+            await asyncio.sleep(0.02)
+    finally:
+        await killer.close()
+
+
+async def test_a_driver_connection_that_died_invalidates_the_pool(pg_url: str) -> None:
+    """A connection killed under a statement (as by a failover) fails that statement; the
+    pool is invalidated, and the next checkout gets a new, working connection."""
+    engine = create_engine(pg_url, pool_size=2)
+    try:
+        async with engine.connect() as a, engine.connect() as b:  # both pool connections
+            pids = {
+                (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+                for conn in (a, b)
+            }
+        assert len(pids) == 2
+        with pytest.raises((asyncpg.PostgresConnectionError, asyncpg.InterfaceError)):
+            async with engine_module.driver_connection(engine) as pg:
+                victim = await pg.fetchval("SELECT pg_backend_pid()")
+                await _terminate(pg_url, victim)
+                await pg.fetchval("SELECT 1")
+        # the victim's own connection is closed, and the pool-wide invalidation replaces the
+        # other old connection at its next checkout too: no request fails on either
+        seen = set()
+        for _ in range(3):
+            async with engine_module.driver_connection(engine) as pg:
+                seen.add(await pg.fetchval("SELECT pg_backend_pid()"))
+        assert victim in pids
+        assert not seen & pids
+    finally:
+        await engine.dispose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,9 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import Pool, PoolProxiedConnection
+from sqlalchemy.util import greenlet_spawn
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # PostgreSQL pool size per process; many workers share the server's connection limit.
@@ -31,21 +32,36 @@ CONNECT_TIMEOUT_PER_HOST_S = 5.0
 async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     """A pooled connection's own asyncpg connection, for the few statements on every login
     and token (PostgreSQL only): SQLAlchemy's compilation and result processing cost about
-    twice the statement. The statement runs in autocommit; asyncpg's errors are not wrapped."""
-    async with engine.connect() as conn:
-        raw = await conn.get_raw_connection()
-        driver = raw.driver_connection
+    twice the statement. The statement runs in autocommit; asyncpg's errors are not wrapped.
+
+    The connection is taken from the pool as ``Engine.raw_connection`` takes it, without an
+    ``AsyncConnection`` around it (a quarter of the cost of ``engine.connect()`` and
+    ``get_raw_connection``). Its return needs no await: SQLAlchemy's reset on return rolls
+    back only a transaction begun through SQLAlchemy, and none is begun on it."""
+    sync_engine = engine.sync_engine
+    # may wait for a free connection or connect: SQLAlchemy's pool awaits inside a greenlet
+    pooled = await greenlet_spawn(sync_engine.raw_connection)
+    try:
+        driver = pooled.driver_connection
         try:
             yield driver
-        except Exception:
+        except Exception as exc:
             # SQLAlchemy never sees asyncpg's own errors: a connection that died with its
             # server (a failover) would go back to the pool and fail every later checkout.
-            # A statement through SQLAlchemy on it meets its disconnect handling, which
-            # invalidates the whole pool, as after any other query on a dead connection.
+            # So do what SQLAlchemy does after any statement on a dead connection: close it
+            # and invalidate the whole pool (every connection opened before now is replaced
+            # at its next checkout).
             if driver is not None and driver.is_closed():
-                with suppress(DBAPIError):
-                    await conn.exec_driver_sql("SELECT 1")
+                await greenlet_spawn(_invalidate_pool, sync_engine.pool, pooled, exc)
             raise
+    finally:
+        pooled.close()
+
+
+def _invalidate_pool(pool: Pool, pooled: PoolProxiedConnection, exc: BaseException) -> None:
+    # Pool._invalidate is what SQLAlchemy's own disconnect handling calls
+    # (Connection._handle_dbapi_exception); there is no public pool-wide equivalent.
+    pool._invalidate(pooled, exc)
 
 
 def is_postgresql(engine: AsyncEngine) -> bool:
