@@ -14,6 +14,12 @@ p99 < 100 ms at concurrency 32 (issue #7: the same with the enclave process).
 database and enrolled wallets, and takes the boundary's cost (issue #5: < 0.5 ms CPU per
 flow added) as each process run minus the mean of the in-process runs beside it: the VM's
 speed drifts by ±20 % within the hour, more than the boundary costs.
+
+``--instructions`` runs the server (one worker) and the enclave process under Valgrind's
+callgrind, counting only while flows run, and prints the instructions per flow of each: a
+figure that does not drift with the VM's speed, for comparing two versions of the code
+(``PYTHONPATH=<other checkout>/src``). Everything runs ~50x slower; use a few seconds at a low
+concurrency (``--concurrency 4 --seconds 20 --wallets 8``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import json
 import multiprocessing
 import os
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -250,6 +257,7 @@ async def run_level(
     concurrency: int,
     seconds: float,
     server_pids: list[int],
+    count_instructions: bool = False,
 ) -> dict[str, Any]:
     from healthid.protocol import device_auth
     from healthid.protocol.jose import decrypt_id_token, verify_compact
@@ -363,11 +371,17 @@ async def run_level(
             while time.perf_counter() < deadline:
                 await flow(slot)
 
+        counting = (
+            callgrind_counting(directory, server_pids)
+            if count_instructions
+            else contextlib.nullcontext({})
+        )
         parts_before = [server_cpu_seconds(p) for p in server_pids]
         client_before = time.process_time()
         start = time.perf_counter()
         deadline = start + seconds
-        await asyncio.gather(*(worker(i, deadline) for i in range(concurrency)))
+        with counting as instructions:
+            await asyncio.gather(*(worker(i, deadline) for i in range(concurrency)))
         elapsed = time.perf_counter() - start
         parts = [server_cpu_seconds(p) - b for p, b in zip(server_pids, parts_before, strict=True)]
         cpu = sum(parts)
@@ -380,6 +394,9 @@ async def run_level(
         "elapsed": elapsed,
         "cpu_ms_per_flow": cpu * 1000 / max(done, 1),
         "timings": timings,
+        "instructions_per_flow": [instructions.get(p, 0) / max(done, 1) for p in server_pids]
+        if count_instructions
+        else None,
     }
 
 
@@ -403,6 +420,66 @@ def server_cpu_seconds(pid: int) -> float:
     return sum(stats[p][1] for p in tree if p in stats)
 
 
+def _tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise SystemExit(f"--instructions needs {name} (Debian package valgrind)")
+    return found
+
+
+def callgrind_prefix(directory: Path) -> list[str]:
+    """The command that runs a process under callgrind with counting off (turned on for
+    the measured flows only by :func:`callgrind_counting`)."""
+    return [
+        _tool("valgrind"),
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={directory}/callgrind.%p",
+        "--log-file=/dev/null",
+    ]
+
+
+def callgrind_python(directory: Path) -> str:
+    """An executable that multiprocessing can spawn the server with: our interpreter under
+    callgrind."""
+    wrapper = directory / "python-under-callgrind"
+    prefix = " ".join(callgrind_prefix(directory))
+    wrapper.write_text(f'#!/bin/sh\nexec {prefix} {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+@contextlib.contextmanager
+def callgrind_counting(directory: Path, pids: list[int]) -> Any:
+    """Count instructions in ``pids`` while the block runs; the counts end up in the
+    returned dict (pid -> instructions) when it exits."""
+    counts: dict[int, int] = {}
+
+    def control(*args: str) -> None:
+        for pid in pids:
+            subprocess.run(  # noqa: S603 - fixed arguments
+                [_tool("callgrind_control"), *args, str(pid)], check=True, capture_output=True
+            )
+
+    before = set(directory.glob("callgrind.*"))
+    control("--zero")
+    control("--instr=on")
+    try:
+        yield counts
+    finally:
+        control("--instr=off")
+        control("--dump")
+        for pid in pids:
+            dumps = sorted(set(directory.glob(f"callgrind.{pid}*")) - before)
+            keep = os.environ.get("HEALTHID_BENCH_KEEP_CALLGRIND")  # for callgrind_annotate
+            for dump in dumps:
+                if keep:
+                    shutil.copy(dump, Path(keep) / f"{dump.name}.{secrets.token_hex(3)}")
+                for line in dump.read_text(errors="replace").splitlines():
+                    if line.startswith(("summary:", "totals:")):
+                        counts[pid] = max(counts.get(pid, 0), int(line.split()[1]))
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -410,10 +487,17 @@ def pct(values: list[float], q: float) -> float:
 
 @contextlib.asynccontextmanager
 async def running_idp(
-    directory: Path, db_url: str, prefix: str, workers: int, enclave_mode: str
+    directory: Path,
+    db_url: str,
+    prefix: str,
+    workers: int,
+    enclave_mode: str,
+    callgrind: bool = False,
 ) -> AsyncIterator[tuple[str, list[int]]]:
     """The IdP (and, for ``process``, the enclave process before it) on a fresh port: its base
-    URL and the process ids whose CPU counts as the server's (the enclave's last)."""
+    URL and the process ids whose CPU counts as the server's (the enclave's last). With
+    ``callgrind``, both run under it (counting off until :func:`callgrind_counting`)."""
+    slow = 20 if callgrind else 1  # startup under valgrind
     enclave: subprocess.Popen[bytes] | None = None
     server = None
     try:
@@ -422,28 +506,32 @@ async def running_idp(
             socket_path.unlink(missing_ok=True)
             os.environ["HEALTHID_BENCH_ENCLAVE_SOCKET"] = str(socket_path)
             enclave = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
-                [sys.executable, "-m", "healthid.enclave_cli", "--socket", str(socket_path)],
+                (callgrind_prefix(directory) if callgrind else [])
+                + [sys.executable, "-m", "healthid.enclave_cli", "--socket", str(socket_path)],
                 env={
                     **{k: v for k, v in os.environ.items() if not k.startswith("HEALTHID_")},
                     "HEALTHID_DATA_DIR": str(directory / "idp"),
                     "HEALTHID_ENCLAVE_WORKERS": "1",
                 },
             )
-            for _ in range(300):
+            for _ in range(300 * slow):
                 if socket_path.exists():
                     break
                 await asyncio.sleep(0.05)
         else:
             os.environ.pop("HEALTHID_BENCH_ENCLAVE_SOCKET", None)
         port = free_port()
-        server = multiprocessing.get_context("spawn").Process(
+        context = multiprocessing.get_context("spawn")
+        if callgrind:
+            context.set_executable(callgrind_python(directory))
+        server = context.Process(
             target=serve, args=(str(directory), db_url, prefix, port, workers), daemon=False
         )
         server.start()
         base = f"http://127.0.0.1:{port}"
-        for _ in range(200):
+        for _ in range(200 * slow):
             try:
-                async with httpx.AsyncClient() as c:
+                async with httpx.AsyncClient(timeout=5 * slow) as c:
                     if (await c.get(base + "/healthz")).status_code == 200:
                         break
             except httpx.HTTPError:
@@ -478,6 +566,13 @@ def report(level: int, r: dict[str, Any], enclave_mode: str) -> None:
             else ""
         )
     )
+    if r["instructions_per_flow"] is not None:
+        server, *enclave = r["instructions_per_flow"]
+        print(
+            f"  instructions per flow (callgrind): server {server / 1e6:.2f} M"
+            + (f", enclave process {enclave[0] / 1e6:.2f} M" if enclave else "")
+        )
+        return  # the times under valgrind mean nothing
     for endpoint, values in r["timings"].items():
         p50, p99 = pct(values, 0.5), pct(values, 0.99)
         print(f"  {endpoint:14} p50 {p50:7.1f} ms   p99 {p99:7.1f} ms")
@@ -557,10 +652,9 @@ async def main(args: argparse.Namespace) -> int:
             await rt.aclose()
             wallets: list[tuple[ec.EllipticCurvePrivateKey, str]] = []
             for round_, mode in enumerate(modes, 1):
-                async with running_idp(directory, db_url, prefix, args.workers, mode) as (
-                    base,
-                    pids,
-                ):
+                async with running_idp(
+                    directory, db_url, prefix, args.workers, mode, args.instructions
+                ) as (base, pids):
                     if not wallets:  # enrolled once; both kinds of enclave share the root key
                         wallets = await enrol(base, directory, args.wallets)
                     print(
@@ -569,8 +663,12 @@ async def main(args: argparse.Namespace) -> int:
                         + (f", round {round_} of {len(modes)}" if len(modes) > 1 else "")
                     )
                     for level in args.concurrency:
-                        r = await run_level(base, directory, wallets, level, args.seconds, pids)
+                        r = await run_level(
+                            base, directory, wallets, level, args.seconds, pids, args.instructions
+                        )
                         report(level, r, mode)
+                        if args.instructions:
+                            continue  # no figure here is comparable with the targets
                         if level == max(args.concurrency):
                             cpu[mode].append(r["cpu_ms_per_flow"])
                             ok = targets_met(r) and ok
@@ -606,6 +704,16 @@ if __name__ == "__main__":
         help="runs of each kind of enclave, one after the other (both: in-process, process, "
         "..., in-process)",
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count the instructions per flow of the server (one worker) and the enclave "
+        "process under callgrind instead of timing them: a figure for comparing code, "
+        "independent of the VM's speed",
+    )
     import uvloop
 
-    sys.exit(uvloop.run(main(parser.parse_args())))
+    parsed = parser.parse_args()
+    if parsed.instructions:
+        parsed.workers = 1
+    sys.exit(uvloop.run(main(parsed)))
