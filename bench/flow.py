@@ -56,7 +56,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from benchlib import create_database, drop_database, forget_keys
+from benchlib import create_database, drop_database, forget_keys, machine_speed_ms
 from loadgen import LoadClient
 
 TARGET_FLOWS_PER_S = 400
@@ -661,6 +661,8 @@ async def main(args: argparse.Namespace) -> int:
                         f"\n== complete flows through the IdP (uvicorn, {args.workers} "
                         f"worker(s), PostgreSQL + Redis, {mode} enclave)"
                         + (f", round {round_} of {len(modes)}" if len(modes) > 1 else "")
+                        + f"\nthis machine now: reference workload {machine_speed_ms():.0f} ms CPU "
+                        "(bench/benchlib.machine_speed_ms; lower is faster)"
                     )
                     for level in args.concurrency:
                         r = await run_level(
