@@ -26,8 +26,15 @@ from rpc_testlib import (
 
 from conftest import RawConnection, Served, serve_stub
 from healthid.enclave import api
-from healthid.enclave.rpc import EnclaveServer, EnclaveServerError, RemoteEnclave, RpcError
-from healthid.enclave.rpc.codec import MAX_FRAME, MIB
+from healthid.enclave.rpc import (
+    EnclaveServer,
+    EnclaveServerError,
+    RemoteEnclave,
+    RpcError,
+    cbor,
+    schema,
+)
+from healthid.enclave.rpc.codec import MAX_FRAME, MIB, frame
 from healthid.enclave.rpc.errors import ERROR_CLASSES, FrameTooLarge, UnknownMethod
 from healthid.enclave.rpc.methods import MAX_UPLOADS, METHODS, UPLOAD_METHOD
 from healthid.keys.file import FileKeyStore
@@ -451,3 +458,115 @@ async def test_verify_is_split_into_batches_that_fit_a_frame(served: Served) -> 
     heavy = [dataclasses.replace(sealed[0], records=(big,)) for _ in range(5)]
     assert [len(b) for b in _batches(heavy)] == [2, 2, 1]
     assert [len(b) for b in _batches(sealed)] == [VERIFY_BATCH, 50]
+
+
+# -- the connection: frames as they arrive, slots, slow readers, time limits ------------------
+def status_frame(request_id: int) -> bytes:
+    return frame(cbor.encode({"id": request_id, "method": "status", "args": {}}))
+
+
+async def test_frames_packed_together_or_split_anywhere_are_all_served(served: Served) -> None:
+    raw = await RawConnection.open(served.socket_path)
+    await raw.send_bytes(b"".join(status_frame(i) for i in (1, 2, 3)))  # one write, three frames
+    assert sorted([(await raw.receive()).id or 0 for _ in range(3)]) == [1, 2, 3]
+    for byte in status_frame(4):  # one byte at a time
+        await raw.send_bytes(bytes([byte]))
+        await asyncio.sleep(0.001)
+    answer = await raw.receive()
+    assert (answer.id, answer.ok) == (4, True)
+    await raw.close()
+
+
+class CountingStub(Stub):
+    """status() takes a while and counts how many run at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = 0
+        self.most = 0
+
+    async def status(self) -> api.EnclaveStatus:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await asyncio.sleep(0.05)
+        finally:
+            self.running -= 1
+        return STATUS
+
+
+async def test_a_connection_has_at_most_max_inflight_requests_served_at_once(
+    socket_dir: Path,
+) -> None:
+    stub = CountingStub()
+    server = EnclaveServer(stub, socket_dir / "e.sock", max_inflight=2)  # type: ignore[arg-type]
+    await server.start()
+    raw = await RawConnection.open(socket_dir / "e.sock")
+    await raw.send_bytes(b"".join(status_frame(i) for i in range(6)))
+    answers = [await raw.receive() for _ in range(6)]
+    assert sorted(a.id or 0 for a in answers) == list(range(6))
+    assert all(a.ok for a in answers)
+    assert stub.most == 2  # the other frames waited, unread, for a free slot
+    await raw.close()
+    await server.aclose()
+
+
+async def test_a_client_that_reads_slowly_gets_every_answer_whole(socket_dir: Path) -> None:
+    """Answers bigger than the socket's buffers, to a client that reads only later: the
+    requests that wrote wait for the client (their slots too), and nothing is lost."""
+    server = EnclaveServer(Stub(), socket_dir / "e.sock", max_inflight=4)  # type: ignore[arg-type]
+    await server.start()
+    raw = await RawConnection.open(socket_dir / "e.sock")
+    details = {i: chr(ord("a") + i) * (256 * 1024) for i in range(12)}
+
+    async def send_all() -> None:  # on its own: the server stops reading while slots are full
+        for i, detail in details.items():
+            event = api.HistoryEvent(kind="login", at=i, detail=detail)
+            await raw.send(
+                {
+                    "id": i,
+                    "method": "seal_history",
+                    "args": {
+                        "sealed": schema.encode_sealed_policyholder(holder(f"p-{i}")),
+                        "event": schema.encode_history_event(event),
+                    },
+                }
+            )
+
+    sender = asyncio.create_task(send_all())
+    await asyncio.sleep(0.3)  # not reading: the server's writes back up
+    for _ in details:
+        answer = await raw.receive()
+        assert answer.ok and isinstance(answer.result, dict)
+        assert answer.result["ciphertext"] == details[answer.id or 0].encode()
+    await sender
+    await raw.close()
+    await server.aclose()
+
+
+class DelayedStub(Stub):
+    """status() sleeps for the next of the delays it was given."""
+
+    def __init__(self, delays: list[float]) -> None:
+        super().__init__()
+        self.delays = delays
+
+    async def status(self) -> api.EnclaveStatus:
+        await asyncio.sleep(self.delays.pop(0))
+        return STATUS
+
+
+async def test_a_request_over_its_time_does_not_disturb_the_others_on_its_connection(
+    socket_dir: Path,
+) -> None:
+    methods = METHODS | {"status": dataclasses.replace(METHODS["status"], timeout=0.2)}
+    server = await serve_stub(DelayedStub([5.0, 0.0, 0.0]), socket_dir / "e.sock", methods)
+    raw = await RawConnection.open(socket_dir / "e.sock")
+    await raw.send_bytes(status_frame(1) + status_frame(2))
+    first, second = await raw.receive(), await raw.receive()
+    assert (first.id, first.ok) == (2, True)  # the quick one is not held up by the slow one
+    assert (second.id, second.code) == (1, "timeout")
+    assert "did not finish in time" in second.message
+    assert (await raw.call(3, "status", {})).ok  # and the connection serves on
+    await raw.close()
+    await server.aclose()

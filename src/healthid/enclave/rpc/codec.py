@@ -54,12 +54,19 @@ def frame(payload: bytes) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
+def frame_length(header: bytes | bytearray, *, max_size: int = MAX_FRAME) -> int:
+    """The payload length a frame's header (the first HEADER_SIZE bytes) announces;
+    FrameTooLarge beyond ``max_size`` (the stream cannot be resynchronised: close it)."""
+    (length,) = _HEADER.unpack_from(header)
+    if length > max_size:
+        raise FrameTooLarge(f"frame of {length} bytes exceeds the limit of {max_size}")
+    return int(length)
+
+
 async def read_frame(reader: asyncio.StreamReader, *, max_size: int = MAX_FRAME) -> bytes:
     """The next frame's payload. IncompleteReadError at end of stream; FrameTooLarge (the
     payload is left unread: the stream cannot be resynchronised, close it)."""
-    (length,) = _HEADER.unpack(await reader.readexactly(HEADER_SIZE))
-    if length > max_size:
-        raise FrameTooLarge(f"frame of {length} bytes exceeds the limit of {max_size}")
+    length = frame_length(await reader.readexactly(HEADER_SIZE), max_size=max_size)
     return await reader.readexactly(length)
 
 
