@@ -18,8 +18,8 @@ speed drifts by ±20 % within the hour, more than the boundary costs.
 ``--instructions`` runs the server (one worker) and the enclave process under Valgrind's
 callgrind, counting only while flows run, and prints the instructions per flow of each: a
 figure that does not drift with the VM's speed, for comparing two versions of the code
-(``PYTHONPATH=<other checkout>/src``). Everything runs ~50x slower; use a few seconds at a low
-concurrency (``--concurrency 4 --seconds 20 --wallets 8``).
+(``PYTHONPATH=<other checkout>/src``). Everything runs ~50x slower; use concurrency 1, where
+no batching depends on timing (``--concurrency 1 --seconds 30 --wallets 8``).
 """
 
 from __future__ import annotations
@@ -469,10 +469,9 @@ def callgrind_counting(directory: Path, pids: list[int]) -> Any:
     finally:
         control("--instr=off")
         control("--dump")
+        keep = os.environ.get("HEALTHID_BENCH_KEEP_CALLGRIND")  # for callgrind_annotate
         for pid in pids:
-            dumps = sorted(set(directory.glob(f"callgrind.{pid}*")) - before)
-            keep = os.environ.get("HEALTHID_BENCH_KEEP_CALLGRIND")  # for callgrind_annotate
-            for dump in dumps:
+            for dump in sorted(set(directory.glob(f"callgrind.{pid}*")) - before):
                 if keep:
                     shutil.copy(dump, Path(keep) / f"{dump.name}.{secrets.token_hex(3)}")
                 for line in dump.read_text(errors="replace").splitlines():
