@@ -45,6 +45,7 @@ from healthid.host.observability import (
 )
 from healthid.host.oidc_api import oidc_routes
 from healthid.host.oidc_service import OidcService
+from healthid.host.routing import IndexedRouter
 from healthid.host.vau_api import vau_routes
 from healthid.host.wallet_api import wallet_routes
 from healthid.host.wallet_service import WalletService
@@ -281,7 +282,7 @@ version {html.escape(__version__)}, {html.escape(deps.mode)} mode.</p>{banner}
         LOG.error("signing failed at %s: %s", _route(request), exc)
         return _server_error()
 
-    return Starlette(
+    app = Starlette(
         # Starlette tries routes in order: the endpoints of every login come first.
         routes=[
             *oidc_routes(lambda: state["deps"].oidc, lambda: state["deps"].trusted_proxies),
@@ -320,3 +321,6 @@ version {html.escape(__version__)}, {html.escape(deps.mode)} mode.</p>{banner}
         },
         lifespan=lifespan,
     )
+    # the same routes, the same choice among them, with the fixed paths looked up at once
+    app.router = IndexedRouter(app.router.routes, lifespan=lifespan)
+    return app
