@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match, Mount, Route, Router
@@ -102,13 +103,16 @@ def pick(routes: Sequence[BaseRoute], scope: Scope) -> BaseRoute | None:
     return partial
 
 
-def test_same_route_as_starlette_for_the_app(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Starlette:
+    """The development app (embedded defaults), as `make run` builds it."""
     for name in list(os.environ):
         if name.startswith("HEALTHID_"):
             monkeypatch.delenv(name)
-    app = build_app(load_settings(data_dir=tmp_path))
+    return build_app(load_settings(data_dir=tmp_path))
+
+
+def test_same_route_as_starlette_for_the_app(app: Starlette) -> None:
     router = app.router
     assert isinstance(router, IndexedRouter)
     routes = list(router.routes)
@@ -123,11 +127,8 @@ def test_same_route_as_starlette_for_the_app(
         assert 1 <= len(router._by_path[path]) <= 2, router._by_path[path]
 
 
-def test_the_app_answers_through_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("HEALTHID_"):
-            monkeypatch.delenv(name)
-    with TestClient(build_app(load_settings(data_dir=tmp_path))) as client:
+def test_the_app_answers_through_it(app: Starlette) -> None:
+    with TestClient(app) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
         assert client.get("/token").status_code == 405  # the wrong-method route
         assert client.post("/healthz").status_code == 405
