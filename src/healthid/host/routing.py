@@ -7,9 +7,10 @@ otherwise, which gives 405. Each try costs a regular expression and a dictionary
 
 :class:`IndexedRouter` decides the same way, over fewer routes. For every path a route names
 without parameters (``/token``, ``/healthz``), it keeps, in their order, the routes whose
-pattern matches that path; a request for that path tries only those. A route left out
-of that list can only answer ``Match.NONE`` for the path, so the result is the same route.
-Every other path (with parameters, unknown, under a mount) tries every route, as Starlette
+pattern matches that path; a request for that path tries only those for a full match. A
+route left out of that list can only answer ``Match.NONE`` for the path, so the result is
+the same route. Without a full match (a wrong method: 405), Starlette decides over every
+route. Every other path (with parameters, unknown, under a mount) tries every route, as Starlette
 does. Routes that are neither a :class:`Route` nor a :class:`Mount` stay in every list.
 """
 
@@ -71,7 +72,6 @@ class IndexedRouter(Router):
         if candidates is None:  # every route, in order
             await super().app(scope, receive, send)
             return
-        partial: tuple[BaseRoute, Scope] | None = None
         for route in candidates:
             match, child_scope = route.matches(scope)
             if match is Match.FULL:
@@ -79,12 +79,5 @@ class IndexedRouter(Router):
                 scope.update(child_scope)
                 await route.handle(scope, receive, send)
                 return
-            if match is Match.PARTIAL and partial is None:
-                partial = (route, child_scope)
-        if partial is not None:  # 405, as Starlette answers it
-            route, child_scope = partial
-            scope["route"] = route
-            scope.update(child_scope)
-            await route.handle(scope, receive, send)
-            return
-        await super().app(scope, receive, send)  # no route after all: 404 or a redirect
+        # a wrong method (405) or no route: rare, decided by Starlette over every route
+        await super().app(scope, receive, send)
