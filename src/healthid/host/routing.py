@@ -10,8 +10,9 @@ without parameters (``/token``, ``/healthz``), it keeps, in their order, the rou
 pattern matches that path; a request for that path tries only those for a full match. A
 route left out of that list can only answer ``Match.NONE`` for the path, so the result is
 the same route. Without a full match (a wrong method: 405), Starlette decides over every
-route. Every other path (with parameters, unknown, under a mount) tries every route, as Starlette
-does. Routes that are neither a :class:`Route` nor a :class:`Mount` stay in every list.
+route. Every other path (with parameters, unknown, under a mount) tries every route, as
+Starlette does. Routes that are neither a :class:`Route` nor a :class:`Mount` stay in every
+list.
 """
 
 from __future__ import annotations
