@@ -265,6 +265,38 @@ async def test_background_task_flushes_and_checkpoints(
     assert len(await log.read()) == 4  # aclose wrote the last one
 
 
+async def test_a_steady_stream_of_appends_is_written_in_few_transactions(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush writes what was queued when it began. Chasing the appends that arrive while
+    it writes wrote a transaction for every few events under load (about one per request)."""
+    log = AuditLog(engine)
+    writes: list[int] = []
+    write = log._write
+
+    async def counted(events: list[AuditEntry]) -> list[AuditEntry]:
+        await asyncio.sleep(0.01)  # a round trip to the database, while the appends go on
+        entries = await write(events)
+        writes.append(len(entries))  # (a write that aclose cancels is retried: count once)
+        return entries
+
+    monkeypatch.setattr(log, "_write", counted)
+    log.start(None, flush_interval=0.1)
+    appended = 0
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 0.5
+        while loop.time() < end:
+            log.append(audit_event(0, appended))
+            appended += 1
+            await asyncio.sleep(0.001)
+    finally:
+        await log.aclose()
+    assert sum(writes) == appended and log.backlog == 0
+    assert len(writes) <= 10, writes  # about one a flush interval, not one an append
+    await assert_one_linear_chain(log, 1, appended)
+
+
 # -- tampering with raw SQL ----------------------------------------------------------------------
 async def logged_and_signed(engine: AsyncEngine, signer: AuditSigner) -> AuditLog:
     """Twelve entries; a checkpoint at seq 10."""

@@ -158,11 +158,16 @@ class AuditLog:
         return len(self._queue)
 
     async def flush(self) -> int:
-        """Write every queued event (in order, batch by batch); the number written."""
+        """Write the events queued when the flush began (in order, batch by batch); the
+        number written. Events appended while it writes wait for the next flush: under a
+        steady stream of appends, writing until the queue is empty would never wait, and
+        the writes would shrink to a transaction for every few events."""
         written = 0
         async with self._flushing:
-            while self._queue:
-                batch = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
+            due = len(self._queue)
+            while written < due and self._queue:
+                take = min(self._batch, due - written, len(self._queue))
+                batch = [self._queue.popleft() for _ in range(take)]
                 try:
                     await self._write(batch)
                 except BaseException:
@@ -321,4 +326,5 @@ class AuditLog:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.flush()
+        while self._queue:
+            await self.flush()
