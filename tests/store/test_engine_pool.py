@@ -156,3 +156,54 @@ async def test_a_driver_connection_that_died_invalidates_the_pool(pg_url: str) -
         assert not seen & pids
     finally:
         await engine.dispose()
+
+
+async def test_a_driver_transaction_commits_or_rolls_back_and_pools_the_connection(
+    pg_url: str,
+) -> None:
+    engine = create_engine(pg_url, pool_size=1)
+    try:
+        async with engine_module.driver_connection(engine) as pg:
+            await pg.execute("CREATE TEMP TABLE driver_tx_test (n int)")  # this backend's own
+            backend = await pg.fetchval("SELECT pg_backend_pid()")
+        async with engine_module.driver_connection(engine, transaction=True) as pg:
+            assert pg.is_in_transaction()
+            await pg.execute("INSERT INTO driver_tx_test VALUES (1)")
+        with pytest.raises(RuntimeError, match="refused"):
+            async with engine_module.driver_connection(engine, transaction=True) as pg:
+                await pg.execute("INSERT INTO driver_tx_test VALUES (2)")
+                raise RuntimeError("refused")
+        async with engine_module.driver_connection(engine) as pg:
+            assert await pg.fetchval("SELECT pg_backend_pid()") == backend  # pooled again
+            assert not pg.is_in_transaction()
+            assert [r[0] for r in await pg.fetch("SELECT n FROM driver_tx_test")] == [1]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_driver_transaction_that_did_not_end_never_goes_back_to_the_pool(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the rollback never happened (cancelled, cut off), the connection is closed, not
+    pooled mid-transaction: the next request would otherwise run inside it, its writes
+    lost with that transaction."""
+    engine = create_engine(pg_url, pool_size=1)
+    try:
+        async with engine_module.driver_connection(engine) as pg:
+            backend = await pg.fetchval("SELECT pg_backend_pid()")
+
+        async def no_rollback(self: object, *exc: object) -> bool:
+            return False  # the block's exception goes on; the transaction stays open
+
+        monkeypatch.setattr(asyncpg.transaction.Transaction, "__aexit__", no_rollback)
+        with pytest.raises(RuntimeError, match="refused"):
+            async with engine_module.driver_connection(engine, transaction=True) as pg:
+                await pg.execute("SELECT 1")
+                raise RuntimeError("refused")
+        monkeypatch.undo()
+        async with engine_module.driver_connection(engine) as pg:
+            assert not pg.is_in_transaction()
+            assert await pg.fetchval("SELECT pg_backend_pid()") != backend
+        assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()

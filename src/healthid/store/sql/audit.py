@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import operator
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Final, Protocol
@@ -45,6 +46,7 @@ from healthid.protocol.audit import (
     entry_from_row,
     entry_to_row,
 )
+from healthid.store.sql.engine import driver_connection, is_postgresql
 from healthid.store.sql.schema import audit_checkpoints, audit_log
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,10 @@ FLUSH_INTERVAL: Final = 1.0  # seconds between flushes of the background task
 CHECKPOINT_INTERVAL: Final = 60.0  # seconds between checkpoints of the background task
 
 _PG_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+_PG_LOCK_SQL = "SELECT pg_advisory_xact_lock($1)"
+_PG_HEAD_SQL = "SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1"
+_COLUMNS: Final = tuple(c.name for c in audit_log.columns)
+_RECORD: Final = operator.itemgetter(*_COLUMNS)  # a row's values in the COPY's column order
 _HEAD = select(audit_log.c.seq, audit_log.c.entry_hash).order_by(audit_log.c.seq.desc()).limit(1)
 _INSERT = insert(audit_log)
 _CHECKPOINT_EXISTS = select(audit_checkpoints.c.seq).where(
@@ -194,11 +200,29 @@ class AuditLog:
             await conn.commit()
 
     async def _write(self, events: list[AuditEvent]) -> list[AuditEntry]:
+        if is_postgresql(self._engine):
+            return await self._write_pg(events)
         async with self._serialised(APPEND_LOCK_KEY) as conn:
             row = (await conn.execute(_HEAD)).first()
             seq, head = (0, GENESIS_HASH) if row is None else (row.seq, bytes(row.entry_hash))
             entries = chain(seq, head, events)
             await conn.execute(_INSERT, [entry_to_row(e) for e in entries])
+        return entries
+
+    async def _write_pg(self, events: list[AuditEvent]) -> list[AuditEntry]:
+        """``_write`` on PostgreSQL's own driver: the rows go in with one binary COPY. Through
+        SQLAlchemy's executemany each row cost about four times as much in the worker."""
+        async with driver_connection(self._engine, transaction=True) as pg:
+            await pg.execute(_PG_LOCK_SQL, APPEND_LOCK_KEY)
+            # read after the lock: this statement's snapshot sees the last writer's commit
+            row = await pg.fetchrow(_PG_HEAD_SQL)
+            seq, head = (0, GENESIS_HASH) if row is None else (row[0], bytes(row[1]))
+            entries = chain(seq, head, events)
+            await pg.copy_records_to_table(
+                audit_log.name,
+                columns=_COLUMNS,
+                records=[_RECORD(entry_to_row(e)) for e in entries],
+            )
         return entries
 
     # -- checkpoints ----------------------------------------------------------------------

@@ -29,33 +29,54 @@ CONNECT_TIMEOUT_PER_HOST_S = 5.0
 
 
 @asynccontextmanager
-async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+async def driver_connection(
+    engine: AsyncEngine, *, transaction: bool = False
+) -> AsyncIterator[Any]:
     """A pooled connection's own asyncpg connection, for the few statements on every login
-    and token (PostgreSQL only): SQLAlchemy's compilation and result processing cost about
-    twice the statement. The statement runs in autocommit; asyncpg's errors are not wrapped.
+    and token and for the audit log's batches (PostgreSQL only): SQLAlchemy's compilation and
+    result processing cost about twice the statement. Without ``transaction`` each statement
+    runs in autocommit; with it, the block is one transaction, committed when the block ends
+    and rolled back when it raises. asyncpg's errors are not wrapped.
 
     The connection is taken from the pool as ``Engine.raw_connection`` takes it, without an
     ``AsyncConnection`` around it (a quarter of the cost of ``engine.connect()`` and
     ``get_raw_connection``). Its return needs no await: SQLAlchemy's reset on return rolls
-    back only a transaction begun through SQLAlchemy, and none is begun on it."""
+    back only a transaction begun through SQLAlchemy, and none is begun on it. So a
+    transaction of ours that did not end (its rollback cancelled or cut off) must not go back
+    to the pool: that connection is closed instead, which ends the transaction on the
+    server."""
     sync_engine = engine.sync_engine
     # may wait for a free connection or connect: SQLAlchemy's pool awaits inside a greenlet
     pooled = await greenlet_spawn(sync_engine.raw_connection)
+    pooled_again = True  # returned to the pool at the end (not if invalidated)
     try:
         driver = pooled.driver_connection
         try:
-            yield driver
-        except Exception as exc:
-            # SQLAlchemy never sees asyncpg's own errors: a connection that died with its
-            # server (a failover) would go back to the pool and fail every later checkout.
-            # So do what SQLAlchemy does after any statement on a dead connection: close it
-            # and invalidate the whole pool (every connection opened before now is replaced
-            # at its next checkout).
-            if driver is not None and driver.is_closed():
-                await greenlet_spawn(_invalidate_pool, sync_engine.pool, pooled, exc)
+            if transaction and driver is not None:
+                async with driver.transaction():
+                    yield driver
+            else:
+                yield driver
+        except BaseException as exc:
+            if driver is None:
+                raise
+            if driver.is_closed():
+                if isinstance(exc, Exception):
+                    # SQLAlchemy never sees asyncpg's own errors: a connection that died
+                    # with its server (a failover) would go back to the pool and fail every
+                    # later checkout. So do what SQLAlchemy does after any statement on a
+                    # dead connection: close it and invalidate the whole pool (every
+                    # connection opened before now is replaced at its next checkout).
+                    await greenlet_spawn(_invalidate_pool, sync_engine.pool, pooled, exc)
+            elif driver.is_in_transaction():
+                # outside a greenlet SQLAlchemy terminates the connection at once (no await)
+                # and returns its place in the pool; the server rolls the transaction back
+                pooled.invalidate(exc)
+                pooled_again = False
             raise
     finally:
-        pooled.close()
+        if pooled_again:
+            pooled.close()
 
 
 def _invalidate_pool(pool: Pool, pooled: PoolProxiedConnection, exc: BaseException) -> None:
