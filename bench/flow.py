@@ -15,6 +15,9 @@ database and enrolled wallets, and takes the boundary's cost (issue #5: < 0.5 ms
 flow added) as each process run minus the mean of the in-process runs beside it: the VM's
 speed drifts by ±20 % within the hour, more than the boundary costs.
 
+``--cpu-by-task`` prints, after each round, the server workers' CPU per flow by endpoint and
+by stretch between two awaits (bench/taskcpu.py), to find where the time goes.
+
 ``--instructions`` runs the server (one worker) and the enclave process under Valgrind's
 callgrind, counting only while flows run, and prints the instructions per flow of each: a
 figure that does not drift with the VM's speed, for comparing two versions of the code
@@ -58,6 +61,7 @@ from cryptography.x509.oid import NameOID
 
 from benchlib import create_database, drop_database, forget_keys, machine_speed_ms
 from loadgen import LoadClient
+from taskcpu import summary
 
 TARGET_FLOWS_PER_S = 400
 TARGET_CPU_MS = 2.5
@@ -147,6 +151,10 @@ def bench_app() -> Any:
         enclave_socket=os.environ.get("HEALTHID_BENCH_ENCLAVE_SOCKET") or None,
     )
     app = build_app(settings, resolver=Resolver(), prepared=True)
+    if task_cpu := os.environ.get("HEALTHID_BENCH_TASK_CPU"):  # --cpu-by-task
+        from taskcpu import install
+
+        install(Path(task_cpu))
     if not os.environ.get("HEALTHID_BENCH_DEFAULT_GC"):  # as `healthid serve` runs it
         from healthid.gc_tuning import tune_for_serving
 
@@ -650,6 +658,10 @@ async def main(args: argparse.Namespace) -> int:
             await rt.ensure_keys()
             await rt.aclose()
             wallets: list[tuple[ec.EllipticCurvePrivateKey, str]] = []
+            task_dir = directory / "taskcpu"
+            if args.cpu_by_task:
+                task_dir.mkdir()
+                os.environ["HEALTHID_BENCH_TASK_CPU"] = str(task_dir)
             for round_, mode in enumerate(modes, 1):
                 async with running_idp(
                     directory, db_url, prefix, args.workers, mode, args.instructions
@@ -673,10 +685,15 @@ async def main(args: argparse.Namespace) -> int:
                         if level == max(args.concurrency):
                             cpu[mode].append(r["cpu_ms_per_flow"])
                             ok = targets_met(r) and ok
+                if args.cpu_by_task:  # the workers wrote their figures as they stopped
+                    print("\n".join(summary(task_dir)))
+                    for path in task_dir.glob("taskcpu.*.json"):
+                        path.unlink()
             if args.enclave == "both":
                 ok = boundary_summary(cpu) and ok
     finally:
         os.environ.pop("HEALTHID_BENCH_ENCLAVE_SOCKET", None)
+        os.environ.pop("HEALTHID_BENCH_TASK_CPU", None)
         await drop_database(database.name)
         await forget_keys(REDIS_URL, prefix)
     return 0 if ok else 1
@@ -711,6 +728,13 @@ if __name__ == "__main__":
         help="count the instructions per flow of the server (one worker) and the enclave "
         "process under callgrind instead of timing them: a figure for comparing code, "
         "independent of the VM's speed",
+    )
+    parser.add_argument(
+        "--cpu-by-task",
+        action="store_true",
+        help="after each round, the server workers' CPU per flow by asyncio task (endpoint) "
+        "and by stretch between awaits (bench/taskcpu.py): where the time goes. The timing "
+        "itself costs a little, so these rounds are not for the targets",
     )
     import uvloop
 
