@@ -243,6 +243,7 @@ class OidcService:
                 client_cert=client_cert,
                 now=self._now(),
                 allow_http=self._development,
+                parsed=params,
             )
         except OAuthError as exc:
             if not ip_counted:

@@ -28,6 +28,7 @@ from healthid.protocol.oauth.par import (
     ParRequest,
     ParResponse,
     new_request_uri,
+    parse_par,
     validate_par,
 )
 
@@ -37,7 +38,12 @@ Form = dict[str, list[str]]
 def accept(
     form: Form, client: RegisteredClient | None = None, cert: bytes | None = CERT
 ) -> ParRequest:
-    return validate_par(form, client=client or make_client(), client_cert=cert, now=NOW)
+    client = client or make_client()
+    request = validate_par(form, client=client, client_cert=cert, now=NOW)
+    # the PAR endpoint hands over what parse_par made of the form: the same request
+    parsed = parse_par(form)
+    assert validate_par(form, client=client, client_cert=cert, now=NOW, parsed=parsed) == request
+    return request
 
 
 def refuse(

@@ -292,13 +292,16 @@ def validate_par(
     client_cert: bytes | None,
     now: int,
     allow_http: bool = False,
+    parsed: ParParams | None = None,
 ) -> ParRequest:
     """Validate a PAR of the registered ``client`` presented with mTLS ``client_cert`` (DER).
 
     ``client`` must be the registration of the form's ``client_id`` (the caller resolves it
-    after :func:`parse_par`; an unknown or untrustworthy RP is the caller's 4xx).
+    after :func:`parse_par`; an unknown or untrustworthy RP is the caller's 4xx). ``parsed``:
+    what :func:`parse_par` made of this very ``form`` (with the same ``allow_http``), if the
+    caller has it already.
     """
-    params = parse_par(form, allow_http=allow_http)
+    params = parse_par(form, allow_http=allow_http) if parsed is None else parsed
     if client.client_id != params.client_id:
         raise ServerError("registered client does not match client_id")
     claims = params.claims
