@@ -235,3 +235,23 @@ def test_with_the_hsm_gone_no_token_is_issued_an_alert_is_raised_and_service_res
             assert decrypt_id_token(issued.json()["id_token"], private_key=rp.enc_key)
     finally:
         pkcs11.unload(str(t.module))  # type: ignore[attr-defined]
+
+
+def test_with_the_audit_backlog_full_requests_fail_closed(
+    tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the database has not taken the audit trail for so long that 50,000 events wait,
+    an event can no longer be queued: the request that would record one answers 503
+    temporarily_unavailable (JSON, Retry-After), not a 500."""
+    from healthid.store.sql.audit import AuditBacklogFull, AuditLog
+
+    def full(self: AuditLog, event: object) -> None:
+        raise AuditBacklogFull("50000 audit events wait for the database")
+
+    app = build_app(load_settings(data_dir=tmp_path))
+    with TestClient(app, base_url=BASE, raise_server_exceptions=False) as client:
+        refused = client.post("/token", data={"grant_type": "authorization_code"})
+        assert refused.status_code == 400  # the refusal is recorded as usual
+        monkeypatch.setattr(AuditLog, "append", full)
+        answer = client.post("/token", data={"grant_type": "authorization_code"})
+        assert_temporarily_unavailable(answer.status_code, answer.json(), dict(answer.headers))

@@ -51,6 +51,7 @@ from healthid.host.wallet_api import wallet_routes
 from healthid.host.wallet_service import WalletService
 from healthid.keys.base import KeyStoreError, KeyStoreUnavailable
 from healthid.store.ephemeral import EphemeralStore, EphemeralStoreUnavailable, InvalidKeyError
+from healthid.store.sql.audit import AuditBacklogFull
 
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -125,6 +126,7 @@ async def _malformed_identifier(request: Request, exc: Exception) -> Response:
 
 # What "a dependency is unavailable" looks like to the host (fail closed, issue #7 item 2).
 UNAVAILABLE: tuple[type[Exception], ...] = (
+    AuditBacklogFull,  # the audit trail cannot be written: nothing goes unrecorded
     EnclaveUnavailable,
     EphemeralStoreUnavailable,
     asyncpg.PostgresConnectionError,  # the hot statements' own driver connection
