@@ -5,12 +5,14 @@ both sides. A request that waits too long for a connection gets 503, not a 500."
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 import sqlalchemy.exc
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -98,21 +100,29 @@ async def test_driver_connections_come_back_to_the_pool_without_a_reset_error(
         await engine.dispose()
 
 
+@pytest.fixture
+async def one_connection(pg_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine whose pool holds one connection: every checkout gets the same backend,
+    unless that connection was replaced."""
+    engine = create_engine(pg_url, pool_size=1)
+    yield engine
+    await engine.dispose()
+
+
+async def backend_pid(engine: AsyncEngine) -> int:
+    async with engine_module.driver_connection(engine) as pg:
+        return int(await pg.fetchval("SELECT pg_backend_pid()"))
+
+
 async def test_a_failed_statement_on_a_live_driver_connection_keeps_the_pool(
-    pg_url: str,
+    one_connection: AsyncEngine,
 ) -> None:
     """An error of the statement (not of the connection) leaves the connection pooled."""
-    engine = create_engine(pg_url, pool_size=1)
-    try:
-        async with engine_module.driver_connection(engine) as pg:
-            first = await pg.fetchval("SELECT pg_backend_pid()")
-        with pytest.raises(Exception, match="division by zero"):
-            async with engine_module.driver_connection(engine) as pg:
-                await pg.fetchval("SELECT 1/0")
-        async with engine_module.driver_connection(engine) as pg:
-            assert await pg.fetchval("SELECT pg_backend_pid()") == first
-    finally:
-        await engine.dispose()
+    first = await backend_pid(one_connection)
+    with pytest.raises(Exception, match="division by zero"):
+        async with engine_module.driver_connection(one_connection) as pg:
+            await pg.fetchval("SELECT 1/0")
+    assert await backend_pid(one_connection) == first
 
 
 async def _terminate(pg_url: str, pid: int) -> None:
@@ -159,51 +169,44 @@ async def test_a_driver_connection_that_died_invalidates_the_pool(pg_url: str) -
 
 
 async def test_a_driver_transaction_commits_or_rolls_back_and_pools_the_connection(
-    pg_url: str,
+    one_connection: AsyncEngine,
 ) -> None:
-    engine = create_engine(pg_url, pool_size=1)
-    try:
-        async with engine_module.driver_connection(engine) as pg:
-            await pg.execute("CREATE TEMP TABLE driver_tx_test (n int)")  # this backend's own
-            backend = await pg.fetchval("SELECT pg_backend_pid()")
+    engine = one_connection
+    async with engine_module.driver_connection(engine) as pg:
+        await pg.execute("CREATE TEMP TABLE driver_tx_test (n int)")  # this backend's own
+    backend = await backend_pid(engine)
+    async with engine_module.driver_connection(engine, transaction=True) as pg:
+        assert pg.is_in_transaction()
+        await pg.execute("INSERT INTO driver_tx_test VALUES (1)")
+    with pytest.raises(RuntimeError, match="refused"):
         async with engine_module.driver_connection(engine, transaction=True) as pg:
-            assert pg.is_in_transaction()
-            await pg.execute("INSERT INTO driver_tx_test VALUES (1)")
-        with pytest.raises(RuntimeError, match="refused"):
-            async with engine_module.driver_connection(engine, transaction=True) as pg:
-                await pg.execute("INSERT INTO driver_tx_test VALUES (2)")
-                raise RuntimeError("refused")
-        async with engine_module.driver_connection(engine) as pg:
-            assert await pg.fetchval("SELECT pg_backend_pid()") == backend  # pooled again
-            assert not pg.is_in_transaction()
-            assert [r[0] for r in await pg.fetch("SELECT n FROM driver_tx_test")] == [1]
-    finally:
-        await engine.dispose()
+            await pg.execute("INSERT INTO driver_tx_test VALUES (2)")
+            raise RuntimeError("refused")
+    async with engine_module.driver_connection(engine) as pg:
+        assert await pg.fetchval("SELECT pg_backend_pid()") == backend  # pooled again
+        assert not pg.is_in_transaction()
+        assert [r[0] for r in await pg.fetch("SELECT n FROM driver_tx_test")] == [1]
 
 
 async def test_a_driver_transaction_that_did_not_end_never_goes_back_to_the_pool(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+    one_connection: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """If the rollback never happened (cancelled, cut off), the connection is closed, not
     pooled mid-transaction: the next request would otherwise run inside it, its writes
     lost with that transaction."""
-    engine = create_engine(pg_url, pool_size=1)
-    try:
-        async with engine_module.driver_connection(engine) as pg:
-            backend = await pg.fetchval("SELECT pg_backend_pid()")
+    engine = one_connection
+    backend = await backend_pid(engine)
 
-        async def no_rollback(self: object, *exc: object) -> bool:
-            return False  # the block's exception goes on; the transaction stays open
+    async def no_rollback(self: object, *exc: object) -> bool:
+        return False  # the block's exception goes on; the transaction stays open
 
-        monkeypatch.setattr(asyncpg.transaction.Transaction, "__aexit__", no_rollback)
-        with pytest.raises(RuntimeError, match="refused"):
-            async with engine_module.driver_connection(engine, transaction=True) as pg:
-                await pg.execute("SELECT 1")
-                raise RuntimeError("refused")
-        monkeypatch.undo()
-        async with engine_module.driver_connection(engine) as pg:
-            assert not pg.is_in_transaction()
-            assert await pg.fetchval("SELECT pg_backend_pid()") != backend
-        assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
-    finally:
-        await engine.dispose()
+    monkeypatch.setattr(asyncpg.transaction.Transaction, "__aexit__", no_rollback)
+    with pytest.raises(RuntimeError, match="refused"):
+        async with engine_module.driver_connection(engine, transaction=True) as pg:
+            await pg.execute("SELECT 1")
+            raise RuntimeError("refused")
+    monkeypatch.undo()
+    async with engine_module.driver_connection(engine) as pg:
+        assert not pg.is_in_transaction()
+        assert await pg.fetchval("SELECT pg_backend_pid()") != backend
+    assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
