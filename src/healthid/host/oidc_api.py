@@ -16,6 +16,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from healthid.host.oidc_service import OidcService, SlowDown, client_certificate
+from healthid.host.request_body import BodyTooLarge, read_body
 from healthid.host.wallet_api import client_address, json_body
 from healthid.host.wallet_errors import WalletError
 from healthid.protocol.oauth.authorize import requested_claims
@@ -44,11 +45,10 @@ def _oauth_error(exc: OAuthError) -> JSONResponse:
 async def _form(request: Request) -> Form:
     if request.headers.get("content-type", "").split(";")[0].strip() != FORM_TYPE:
         raise InvalidRequestError(f"the request body must be {FORM_TYPE}")
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_FORM_BYTES:
-            raise InvalidRequestError(f"request body larger than {MAX_FORM_BYTES} bytes")
+    try:
+        raw = await read_body(request, MAX_FORM_BYTES)
+    except BodyTooLarge as exc:
+        raise InvalidRequestError(str(exc)) from None
     try:
         return parse_qs(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
     except UnicodeDecodeError:

@@ -34,7 +34,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, cast, runtime_checkable
 from urllib.parse import urlsplit
 
 from healthid.host.fetch import CONTENT_TYPE_ENTITY_STATEMENT, FetchedDocument, FetchError
@@ -197,9 +197,16 @@ class CachingResolver(Protocol):
 async def cached_relying_party(resolver: object, client_id: str) -> ResolvedRelyingParty | None:
     """What ``resolver`` knows of ``client_id`` without fetching; None when it cannot tell (a
     resolver without a cache of its own) or would have to fetch."""
-    if isinstance(resolver, CachingResolver):
-        return await resolver.cached(client_id)
+    kind = type(resolver)
+    caching = _CACHING.get(kind)
+    if caching is None:  # a Protocol's isinstance tests each method: once per class
+        caching = _CACHING[kind] = isinstance(resolver, CachingResolver)
+    if caching:
+        return await cast(CachingResolver, resolver).cached(client_id)
     return None
+
+
+_CACHING: dict[type, bool] = {}
 
 
 class RelyingPartyRegistry:

@@ -40,6 +40,7 @@ from healthid.enclave.api import (
     VauReply,
 )
 from healthid.host.oidc_service import OidcService
+from healthid.host.request_body import BodyTooLarge, read_body
 from healthid.host.wallet_api import client_address
 from healthid.host.wallet_service import TooManyRequests, WalletError, WalletService
 from healthid.protocol.oauth.errors import OAuthError, TemporarilyUnavailableError
@@ -116,17 +117,13 @@ def _reply(reply: VauReply, media_type: str) -> Response:
 
 async def _body(request: Request, limit: int) -> bytes:
     """The request body, refused (413) as soon as it exceeds ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise _too_large(limit)
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise _too_large(limit)
+    try:
+        raw = await read_body(request, limit)
+    except BodyTooLarge:
+        raise _too_large(limit) from None
     if not raw:
         raise _RefusedError(400, VauMalformedError("empty body"))
-    return bytes(raw)
+    return raw
 
 
 def _media_type(request: Request) -> str:

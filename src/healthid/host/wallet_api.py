@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
+from healthid.host.request_body import BodyTooLarge, read_body
 from healthid.host.wallet_service import (
     DEVICE_ID_BYTES,
     NotFound,
@@ -83,14 +84,10 @@ b64e = b64url_encode
 
 
 async def json_body(request: Request) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-        raise WalletError(f"request body larger than {MAX_BODY_BYTES} bytes")
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise WalletError(f"request body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        raw = await read_body(request, MAX_BODY_BYTES)
+    except BodyTooLarge as exc:
+        raise WalletError(str(exc)) from None
     if not raw:
         return {}
     try:
@@ -110,11 +107,19 @@ def client_address(request: Request, trusted_proxies: Collection[str]) -> str:
     if forwarded and peer in trusted_proxies:
         last = forwarded.split(",")[-1].strip()
         if last and len(last) <= MAX_ADDRESS_CHARS:
-            try:  # only an address: anything else would become part of a counter's key
-                return str(ipaddress.ip_address(last))
-            except ValueError:
-                return f"invalid-forwarded-from-{peer}"  # one shared bucket for the garbage
+            # only an address: anything else would become part of a counter's key
+            return _address(last) or f"invalid-forwarded-from-{peer}"  # one bucket for garbage
     return peer
+
+
+@functools.lru_cache(maxsize=4096)
+def _address(text: str) -> str | None:
+    """``text`` as an IP address in its normal form, or None. The same clients come again
+    and again: each string is parsed once while it is among the last 4,096 seen."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 def _bearer(request: Request) -> str:
