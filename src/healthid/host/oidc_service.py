@@ -117,7 +117,12 @@ def _dump(value: Any) -> bytes:
 
 
 def _load(cls: type[T], raw: bytes) -> T:
-    data = json.loads(raw)
+    return _from_dict(cls, json.loads(raw))
+
+
+def _from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+    """The dataclass from what :func:`_flat` made of it, after a JSON round trip (lists back
+    to tuples; unknown keys ignored)."""
     names = _field_names(cls)
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
 
@@ -383,11 +388,7 @@ class OidcService:
             else (None, None)
         )
         record = None if raw is None else json.loads(raw)
-        issued = (
-            None
-            if record is None
-            else _load(authorize.IssuedCode, json.dumps(record["issued"]).encode())
-        )
+        issued = None if record is None else _from_dict(authorize.IssuedCode, record["issued"])
         rp = await self._client(request.client_id)
         grant = token.redeem_code(
             request, issued, client=registered_client(rp), client_cert=client_cert, now=self._now()

@@ -15,7 +15,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from healthid.enclave.api import (
@@ -467,11 +467,15 @@ class WalletService:
         The session token passes through this host: it serves the plain wallet API (device
         management, consent); the person's data needs a login through the VAU channel."""
         request = await self.login_request(
-            challenge_id=challenge_id, device_id=device_id, counter=counter, ip=ip
+            challenge_id=challenge_id,
+            device_id=device_id,
+            counter=counter,
+            ip=ip,
+            signature=signature,
         )
         try:
             try:  # the enclave checks the binding, its challenge and the signature
-                grant = await self._enclave.login(replace(request, signature=signature))
+                grant = await self._enclave.login(request)
             except SessionRefused:
                 raise Unauthorized("device authentication failed") from None
             return await self.login_finished(request, grant)
@@ -480,10 +484,11 @@ class WalletService:
             raise
 
     async def login_request(
-        self, *, challenge_id: str, device_id: str, counter: int, ip: str
+        self, *, challenge_id: str, device_id: str, counter: int, ip: str, signature: bytes = b""
     ) -> LoginRequest:
         """The enclave's login request for a device's answer to challenge ``challenge_id``
-        (without its signature): the challenge consumed, the failure limits checked."""
+        (with ``signature``, or without one for the channel to add): the challenge consumed,
+        the failure limits checked."""
         if not _DEVICE_ID.fullmatch(device_id):
             raise Unauthorized("device authentication failed")
         if not _CHALLENGE_ID.fullmatch(challenge_id):  # never one we issued
@@ -499,7 +504,7 @@ class WalletService:
         await self._rate.check_counts(checks, counts)
         try:
             return await self._login_request(
-                raw, device_id=device_id, counter=counter, cached=cached
+                raw, device_id=device_id, counter=counter, cached=cached, signature=signature
             )
         except WalletError as exc:
             await self.login_failed(device_id, ip, exc.description)
@@ -556,7 +561,13 @@ class WalletService:
         return found
 
     async def _login_request(
-        self, raw: bytes | None, *, device_id: str, counter: int, cached: bytes | None
+        self,
+        raw: bytes | None,
+        *,
+        device_id: str,
+        counter: int,
+        cached: bytes | None,
+        signature: bytes,
     ) -> LoginRequest:
         failed = Unauthorized("device authentication failed")
         if raw is None:
@@ -591,7 +602,7 @@ class WalletService:
             binding=device.binding,
             challenge=b64url_decode(state["challenge"]),
             counter=counter,
-            signature=b"",
+            signature=signature,
             session_ttl=self._session_ttl,
             owner=owner,
         )
