@@ -265,6 +265,41 @@ async def test_background_task_flushes_and_checkpoints(
     assert len(await log.read()) == 4  # aclose wrote the last one
 
 
+async def test_aclose_lets_a_checkpoint_in_progress_finish(
+    engine: AsyncEngine, signer: AuditSigner
+) -> None:
+    """Closing while the task is inside a checkpoint's transaction: the checkpoint is
+    finished and stored, not cut off (on SQLite a cut-off transaction kept the write lock
+    until its connection was closed, and the last flush failed on it now and then)."""
+    signing = asyncio.Event()
+    release = asyncio.Event()
+
+    class SlowWitness:
+        async def audit_head(self) -> api.SignedCheckpoint | None:
+            return await signer.audit_head()
+
+        async def sign_audit_checkpoint(
+            self, request: api.AuditCheckpointRequest
+        ) -> api.SignedCheckpoint:
+            signing.set()
+            await release.wait()
+            return await signer.sign_audit_checkpoint(request)
+
+    log = AuditLog(engine)
+    for index in range(3):
+        log.append(audit_event(0, index))
+    log.start(SlowWitness(), flush_interval=0.01, checkpoint_interval=0.0)
+    await asyncio.wait_for(signing.wait(), 10)  # the task holds the checkpoint transaction
+    log.append(audit_event(0, 3))
+    closing = asyncio.create_task(log.aclose())
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # waits for the checkpoint instead of cancelling it
+    release.set()
+    await asyncio.wait_for(closing, 10)
+    assert [c.checkpoint.seq for c in await log.checkpoints()] == [3]
+    assert len(await log.read()) == 4  # and the last event was written after it
+
+
 async def test_a_steady_stream_of_appends_is_written_in_few_transactions(
     engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

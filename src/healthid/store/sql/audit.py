@@ -64,6 +64,7 @@ MAX_BACKLOG: Final = 50_000  # queued events before append refuses (fail closed)
 READ_PAGE: Final = 5_000  # rows per read
 FLUSH_INTERVAL: Final = 1.0  # seconds between flushes of the background task
 CHECKPOINT_INTERVAL: Final = 60.0  # seconds between checkpoints of the background task
+CLOSE_TIMEOUT: Final = 30.0  # seconds aclose waits for the task's write or checkpoint
 
 _PG_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
 _PG_LOCK_SQL = "SELECT pg_advisory_xact_lock($1)"
@@ -148,6 +149,7 @@ class AuditLog:
         self._queue: deque[AuditEvent] = deque()
         self._flushing = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     # -- writing --------------------------------------------------------------------------
@@ -320,6 +322,7 @@ class AuditLog:
         """Flush every ``flush_interval`` s (sooner when a batch is full) and, with a witness,
         checkpoint every ``checkpoint_interval`` s. Call from the running event loop."""
         if self._task is None:
+            self._closing = False
             self._task = asyncio.create_task(
                 self._run(witness, flush_interval, checkpoint_interval)
             )
@@ -333,6 +336,8 @@ class AuditLog:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), flush_interval)
             self._wake.clear()
+            if self._closing:  # aclose writes what is left
+                return
             try:
                 await self.flush()
                 if witness is not None and loop.time() >= next_checkpoint:
@@ -344,11 +349,22 @@ class AuditLog:
                 )
 
     async def aclose(self) -> None:
-        """Stop the background task and write what is still queued."""
+        """Stop the background task and write what is still queued.
+
+        The task is asked to stop and finishes the write or checkpoint it is in: a
+        transaction cut off by a cancellation could leave its connection to be closed later,
+        and on SQLite that connection holds the one write lock until then (the last flush
+        then waited out the busy timeout and failed). Cancelled only if it does not finish
+        within CLOSE_TIMEOUT."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            self._closing = True
+            self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), CLOSE_TIMEOUT)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         while self._queue:
             await self.flush()
