@@ -172,10 +172,9 @@ class AuditLog:
         the writes would shrink to a transaction for every few events."""
         written = 0
         async with self._flushing:
-            due = len(self._queue)
-            while written < due and self._queue:
-                take = min(self._batch, due - written, len(self._queue))
-                batch = [self._queue.popleft() for _ in range(take)]
+            due = len(self._queue)  # only a flush takes from the queue, under this lock
+            while written < due:
+                batch = [self._queue.popleft() for _ in range(min(self._batch, due - written))]
                 try:
                     await self._write(batch)
                 except BaseException:
