@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from healthid import __version__
@@ -35,6 +35,7 @@ from healthid.host.federation_api import (
     app_link_routes,
     federation_routes,
 )
+from healthid.host.json_io import JSONResponse
 from healthid.host.observability import (
     SIGNING_ERROR,
     SIGNING_UNAVAILABLE,

@@ -15,10 +15,11 @@ from collections.abc import Callable
 from typing import Final
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from healthid.enclave.api import EnclaveClient, EnclaveError, EnclaveUnavailable
+from healthid.host.json_io import JSONResponse
 
 MIN_NONCE_BYTES: Final = 16
 MAX_NONCE_BYTES: Final = 64

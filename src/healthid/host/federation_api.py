@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from healthid.host.json_io import JSONResponse
 from healthid.keys.base import SigningKeyStore
 from healthid.keys.rotation import KeyRecord, KeyRing
 from healthid.protocol.federation.provider import (

@@ -12,9 +12,10 @@ from collections.abc import Awaitable, Callable, Collection
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from healthid.host.json_io import JSONResponse
 from healthid.host.oidc_service import OidcService, SlowDown, client_certificate
 from healthid.host.request_body import BodyTooLarge, read_body
 from healthid.host.wallet_api import client_address, json_body

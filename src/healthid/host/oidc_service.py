@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import json
 import re
 import secrets
 import time
@@ -28,6 +27,7 @@ from healthid.enclave.api import (
     IdTokenRequest,
     SessionRefused,
 )
+from healthid.host import json_io
 from healthid.host.federation_api import TOKEN_PURPOSE, FederationPublisher
 from healthid.host.rate_limits import OidcLimits, RateLimit, RateLimiter, counter_key
 from healthid.host.relying_parties import RelyingPartyError
@@ -113,11 +113,11 @@ def _flat(value: Any) -> dict[str, Any]:
 
 
 def _dump(value: Any) -> bytes:
-    return json.dumps(_flat(value)).encode()
+    return json_io.dumps(_flat(value))
 
 
 def _load(cls: type[T], raw: bytes) -> T:
-    return _from_dict(cls, json.loads(raw))
+    return _from_dict(cls, json_io.loads(raw))
 
 
 def _from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
@@ -354,7 +354,7 @@ class OidcService:
             "sso": assurance.amr_v1 == (AMR_SSO,),
         }
         await self._store.put(
-            f"code:{issued.code}", json.dumps(record).encode(), authorize.AUTHORIZATION_CODE_TTL
+            f"code:{issued.code}", json_io.dumps(record), authorize.AUTHORIZATION_CODE_TTL
         )
         self._event(AuditKind.CONSENT, actor=pseudonym, client_id=pending.client_id)
         return location
@@ -387,7 +387,7 @@ class OidcService:
             if _CODE.fullmatch(request.code)
             else (None, None)
         )
-        record = None if raw is None else json.loads(raw)
+        record = None if raw is None else json_io.loads(raw)
         issued = None if record is None else _from_dict(authorize.IssuedCode, record["issued"])
         rp = await self._client(request.client_id)
         grant = token.redeem_code(

@@ -27,7 +27,7 @@ from typing import Final
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from healthid.enclave import api
@@ -39,6 +39,7 @@ from healthid.enclave.api import (
     VauContext,
     VauReply,
 )
+from healthid.host.json_io import JSONResponse
 from healthid.host.oidc_service import OidcService
 from healthid.host.request_body import BodyTooLarge, read_body
 from healthid.host.wallet_api import client_address

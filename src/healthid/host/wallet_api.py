@@ -15,16 +15,17 @@ import binascii
 import functools
 import importlib.resources
 import ipaddress
-import json
 import re
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Final
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
+from healthid.host import json_io
+from healthid.host.json_io import JSONResponse
 from healthid.host.request_body import BodyTooLarge, read_body
 from healthid.host.wallet_service import (
     DEVICE_ID_BYTES,
@@ -91,7 +92,7 @@ async def json_body(request: Request) -> dict[str, Any]:
     if not raw:
         return {}
     try:
-        body = json.loads(raw)
+        body = json_io.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         raise WalletError("request body is not JSON") from None
     if not isinstance(body, dict):

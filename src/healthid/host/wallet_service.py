@@ -9,7 +9,6 @@ and never say whether someone is insured.
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 import time
@@ -31,6 +30,7 @@ from healthid.enclave.api import (
     SessionRefused,
     read_session_ticket,
 )
+from healthid.host import json_io
 from healthid.host.attestation import AttestationPolicy, verify_device_attestation
 from healthid.host.rate_limits import (
     RateLimit,
@@ -147,11 +147,11 @@ class WalletService:
 
     # -- state helpers ------------------------------------------------------------------------
     async def _put(self, key: str, value: dict[str, Any], ttl: int) -> None:
-        await self._store.put(key, json.dumps(value).encode(), ttl)
+        await self._store.put(key, json_io.dumps(value), ttl)
 
     async def _get(self, key: str) -> dict[str, Any] | None:
         raw = await self._store.get(key)
-        return None if raw is None else dict(json.loads(raw))
+        return None if raw is None else dict(json_io.loads(raw))
 
     async def _enrolment(self, enrolment_id: str) -> dict[str, Any]:
         if not _ENROLMENT_ID.fullmatch(enrolment_id):
@@ -172,7 +172,7 @@ class WalletService:
             ip,
             self._limits.enrolments_per_ip,
             f"enrol:{enrolment_id}",
-            json.dumps(state).encode(),
+            json_io.dumps(state),
             ENROLMENT_TTL,
         )
         return Enrolment(enrolment_id=enrolment_id, challenge=challenge, expires_in=ENROLMENT_TTL)
@@ -331,7 +331,7 @@ class WalletService:
         raw = await self._store.consume(f"enrol:{enrolment_id}")
         if raw is None:
             raise NotFound("unknown or expired enrolment")
-        state = dict(json.loads(raw))
+        state = dict(json_io.loads(raw))
         if "pseudonym" not in state:
             raise Forbidden("prove your identity (eID or eGK) before binding a device")
         try:
@@ -436,7 +436,7 @@ class WalletService:
             ip,
             self._limits.challenges_per_ip,
             f"authchal:{challenge_id}",
-            json.dumps(state).encode(),
+            json_io.dumps(state),
             AUTH_CHALLENGE_TTL,
         )
         return challenge_id, challenge
@@ -531,7 +531,7 @@ class WalletService:
         """
         key = f"devrec:{device_id}"
         if cached is not None:
-            doc = json.loads(cached)
+            doc = json_io.loads(cached)
             stored = doc["device"]
             device = DeviceRecord(
                 **(
@@ -572,7 +572,7 @@ class WalletService:
         failed = Unauthorized("device authentication failed")
         if raw is None:
             raise Unauthorized("unknown, expired or already used challenge")
-        state = dict(json.loads(raw))
+        state = dict(json_io.loads(raw))
         if not secrets.compare_digest(state["device_id"].encode(), device_id.encode()):
             raise failed
         found = await self._device_for_login(device_id, cached)
@@ -674,7 +674,7 @@ class WalletService:
             raise Unauthorized("missing, unknown or expired device session")
         if revoked_raw is not None:
             raise Unauthorized("the device of this session was revoked")
-        state = dict(json.loads(state_raw))
+        state = dict(json_io.loads(state_raw))
         auth_time = int(state["auth_time"])
         assurance = derive_assurance(
             method=ProofingMethod(state["proofing_method"]),
