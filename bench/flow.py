@@ -18,6 +18,10 @@ speed drifts by ±20 % within the hour, more than the boundary costs.
 ``--cpu-by-task`` prints, after each round, the server workers' CPU per flow by endpoint and
 by stretch between two awaits (bench/taskcpu.py), to find where the time goes.
 
+``--access-log`` logs as ``healthid serve`` does in production (one JSON line per request on
+``healthid.access``, to ``server-log.jsonl`` in the bench's directory); without it the server
+logs only warnings.
+
 ``--instructions`` runs the server (one worker) and the enclave process under Valgrind's
 callgrind, counting only while flows run, and prints the instructions per flow of each: a
 figure that does not drift with the VM's speed, for comparing two versions of the code
@@ -182,6 +186,13 @@ def serve(directory: str, db_url: str, prefix: str, port: int, workers: int) -> 
         "server_header": False,  # as healthid serve runs it
         "http": "healthid.host.http_protocol:HeadCoalescingHttpToolsProtocol",  # as healthid serve
     }
+    if os.environ.get("HEALTHID_BENCH_ACCESS_LOG"):  # --access-log: logging as healthid serve
+        from healthid.host.observability import logging_config
+
+        log = os.open(Path(directory) / "server-log.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.dup2(log, 2)  # the workers inherit it: one JSON line per request, to a file
+        os.close(log)
+        options.update(log_level="info", log_config=logging_config(True))
     if workers > 1:
         uvicorn.run("flow:bench_app", factory=True, workers=workers, **options)
         return
@@ -514,7 +525,13 @@ async def running_idp(
             os.environ["HEALTHID_BENCH_ENCLAVE_SOCKET"] = str(socket_path)
             enclave = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
                 (callgrind_prefix(directory) if callgrind else [])
-                + [sys.executable, "-m", "healthid.enclave_cli", "--socket", str(socket_path)],
+                + [sys.executable]
+                + (  # write cProfile stats of the enclave process
+                    ["-m", "cProfile", "-o", profile]
+                    if (profile := os.environ.get("HEALTHID_BENCH_ENCLAVE_PROFILE"))
+                    else []
+                )
+                + ["-m", "healthid.enclave_cli", "--socket", str(socket_path)],
                 env={
                     **{k: v for k, v in os.environ.items() if not k.startswith("HEALTHID_")},
                     "HEALTHID_DATA_DIR": str(directory / "idp"),
@@ -659,6 +676,8 @@ async def main(args: argparse.Namespace) -> int:
             await rt.aclose()
             wallets: list[tuple[ec.EllipticCurvePrivateKey, str]] = []
             task_dir = directory / "taskcpu"
+            if args.access_log:
+                os.environ["HEALTHID_BENCH_ACCESS_LOG"] = "1"
             if args.cpu_by_task:
                 task_dir.mkdir()
                 os.environ["HEALTHID_BENCH_TASK_CPU"] = str(task_dir)
@@ -685,6 +704,10 @@ async def main(args: argparse.Namespace) -> int:
                         if level == max(args.concurrency):
                             cpu[mode].append(r["cpu_ms_per_flow"])
                             ok = targets_met(r) and ok
+                if args.access_log:
+                    log = directory / "server-log.jsonl"
+                    lines = log.read_bytes().count(b"\n") if log.exists() else 0
+                    print(f"access log: {lines} lines so far ({log.name})")
                 if args.cpu_by_task:  # the workers wrote their figures as they stopped
                     print("\n".join(summary(task_dir)))
                     for path in task_dir.glob("taskcpu.*.json"):
@@ -694,6 +717,7 @@ async def main(args: argparse.Namespace) -> int:
     finally:
         os.environ.pop("HEALTHID_BENCH_ENCLAVE_SOCKET", None)
         os.environ.pop("HEALTHID_BENCH_TASK_CPU", None)
+        os.environ.pop("HEALTHID_BENCH_ACCESS_LOG", None)
         await drop_database(database.name)
         await forget_keys(REDIS_URL, prefix)
     return 0 if ok else 1
@@ -735,6 +759,12 @@ if __name__ == "__main__":
         help="after each round, the server workers' CPU per flow by asyncio task (endpoint) "
         "and by stretch between awaits (bench/taskcpu.py): where the time goes. The timing "
         "itself costs a little, so these rounds are not for the targets",
+    )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log as healthid serve does in production: a JSON access line per request (to a "
+        "file); without it the server logs only warnings",
     )
     import uvloop
 

@@ -68,13 +68,20 @@ def test_a_value_that_is_not_finite_is_refused_as_starlette_refused_it(value: An
 
 
 def test_null_and_the_word_null_are_not_taken_for_a_refused_float() -> None:
-    assert json_io.dumps({"a": None, "b": "null", "c": 1.5}) == b'{"a":null,"b":"null","c":1.5}'
+    value = {"a": None, "b": "null", "c": 1.5}
+    assert json_io.dumps_strict(value) == b'{"a":null,"b":"null","c":1.5}'
+
+
+def test_records_write_a_float_that_is_not_finite_as_null() -> None:
+    assert json_io.dumps({"a": math.nan}) == b'{"a":null}'
 
 
 @pytest.mark.parametrize("value", [{1: "x"}, {"n": 2**64}, {"o": object()}])
 def test_what_json_cannot_say_is_a_type_error(value: Any) -> None:
     with pytest.raises(TypeError):
         json_io.dumps(value)
+    with pytest.raises(TypeError):
+        json_io.dumps_strict(value)
 
 
 def test_records_round_trip_with_tuples_as_lists() -> None:

