@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
@@ -210,3 +211,67 @@ async def test_a_driver_transaction_that_did_not_end_never_goes_back_to_the_pool
         assert not pg.is_in_transaction()
         assert await pg.fetchval("SELECT pg_backend_pid()") != backend
     assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+
+
+class _CountingGreenletSpawn:
+    """engine_module.greenlet_spawn, counting its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._real = engine_module.greenlet_spawn
+
+    async def __call__(self, fn: Any, *args: Any) -> Any:
+        self.calls += 1
+        return await self._real(fn, *args)
+
+
+async def _backend_gone(pg_url: str, pid: int) -> bool:
+    watcher = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        for _ in range(100):
+            if not await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid
+            ):
+                return True
+            await asyncio.sleep(0.02)
+        return False
+    finally:
+        await watcher.close()
+
+
+async def test_an_idle_connection_is_taken_without_a_greenlet(
+    one_connection: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spawn = _CountingGreenletSpawn()
+    monkeypatch.setattr(engine_module, "greenlet_spawn", spawn)
+    first = await backend_pid(one_connection)  # the pool connects: in a greenlet
+    assert spawn.calls == 1
+    for _ in range(5):
+        assert await backend_pid(one_connection) == first
+    assert spawn.calls == 1
+    assert one_connection.pool.checkedin() == 1  # type: ignore[attr-defined]
+
+
+async def test_a_connection_due_for_recycling_is_replaced_in_a_greenlet(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taking an idle connection directly fails where the pool must reconnect (here: past
+    its recycle time); that checkout goes the greenlet's way, the old backend is closed, and
+    the pool still holds one connection."""
+    monkeypatch.setattr(engine_module, "POOL_RECYCLE_S", 0.3)
+    engine = create_engine(pg_url, pool_size=1)
+    try:
+        spawn = _CountingGreenletSpawn()
+        monkeypatch.setattr(engine_module, "greenlet_spawn", spawn)
+        first = await backend_pid(engine)
+        await asyncio.sleep(0.5)
+        calls = spawn.calls
+        second = await backend_pid(engine)
+        assert second != first
+        assert spawn.calls == calls + 1  # the direct checkout gave way to the greenlet
+        assert await _backend_gone(pg_url, first)
+        assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert await backend_pid(engine) == second  # and is taken directly again
+    finally:
+        await engine.dispose()
