@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 from collections.abc import Awaitable, Callable, Collection
-from urllib.parse import parse_qs
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -26,6 +25,7 @@ from healthid.protocol.oauth.errors import (
     OAuthError,
     TemporarilyUnavailableError,
 )
+from healthid.protocol.oauth.form import parse_form
 from healthid.store.ephemeral import EphemeralStoreUnavailable
 
 MAX_FORM_BYTES = 64 * 1024
@@ -51,7 +51,7 @@ async def _form(request: Request) -> Form:
     except BodyTooLarge as exc:
         raise InvalidRequestError(str(exc)) from None
     try:
-        return parse_qs(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        return parse_form(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise InvalidRequestError("the request body is not UTF-8") from None
 
@@ -60,7 +60,7 @@ def _query(request: Request) -> Form:
     text = request.url.query
     if len(text) > MAX_QUERY_CHARS:
         raise InvalidRequestError("query string too long")
-    return parse_qs(text, keep_blank_values=True)
+    return parse_form(text)
 
 
 def oidc_routes(

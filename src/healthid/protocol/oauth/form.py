@@ -9,6 +9,7 @@ looked at.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from urllib.parse import unquote
 
 from healthid.protocol.oauth.errors import InvalidRequestError
 
@@ -16,6 +17,30 @@ Form = Mapping[str, Sequence[str]]
 RandomBytes = Callable[[int], bytes]  # e.g. secrets.token_bytes, injected (CONVENTIONS 2)
 
 MAX_PARAMETER_NAMES = 64  # distinct names in one request, known or not
+
+
+def parse_form(text: str) -> dict[str, list[str]]:
+    """An ``application/x-www-form-urlencoded`` body or a query string: each name's values in
+    order, blank values kept. The same as ``urllib.parse.parse_qs(text,
+    keep_blank_values=True)`` (the tests hold the two to that), without its per-field calls
+    where a field holds no escape (a third of its cost on a PAR body)."""
+    form: dict[str, list[str]] = {}
+    for pair in text.split("&"):
+        if not pair:
+            continue
+        name, _, value = pair.partition("=")
+        name = name.replace("+", " ")
+        if "%" in name:
+            name = unquote(name)
+        value = value.replace("+", " ")
+        if "%" in value:
+            value = unquote(value)
+        values = form.get(name)
+        if values is None:
+            form[name] = [value]
+        else:
+            values.append(value)
+    return form
 
 
 def check_form(form: Form, known: Mapping[str, int]) -> None:
