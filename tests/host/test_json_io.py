@@ -104,6 +104,7 @@ def test_records_written_by_the_standard_library_are_read() -> None:
         b'"\\ud800"',  # a lone surrogate
         b'{"a": 1',
         b"\xff\xfe{}",  # not UTF-8
+        b"\xef\xbb\xbf{}",  # a byte order mark (RFC 8259 section 8.1)
         '{"a": 1}'.encode("utf-16"),
         b"[" * 2000 + b"]" * 2000,  # nesting deeper than 1,024
         b"",

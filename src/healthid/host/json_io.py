@@ -14,8 +14,9 @@ what Starlette refused:
   ``TypeError`` (``orjson.JSONEncodeError``), as ``json`` raises for the objects it does not
   know.
 
-:func:`loads` reads request bodies and records: strict JSON in UTF-8 only (no ``NaN`` or
-``Infinity`` literals, no lone surrogates, nesting within 1,024 levels); anything else raises
+:func:`loads` reads request bodies and records: strict JSON in UTF-8 only (RFC 8259 §8.1: no
+byte order mark, no UTF-16 or UTF-32 as ``json`` guessed; no ``NaN`` or ``Infinity`` literals,
+no lone surrogates, nesting within 1,024 levels); anything else raises
 ``ValueError`` (``orjson.JSONDecodeError``). An integer beyond 64 bits is read as a float, as
 most JSON parsers read every number: a field that must be an integer refuses it (the wallet's
 ``counter`` checks its range after turning an integral float into an ``int``).
