@@ -278,3 +278,44 @@ def test_b4_10_code_without_its_mtls_binding_is_refused(
         f"{IDP}/token", data=_token_form(code, verifier), headers=FakeRp().cert_header()
     )
     assert resp.status_code == 401 and resp.json()["error"] == "invalid_client"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [b"", b"client_id=a&request_uri=b", b"a=1#frag&b=2", b"x=%C3%A4&y=+", "ä=ö".encode()],
+)
+def test_the_query_is_read_as_starlette_reads_it(query: bytes) -> None:
+    from starlette.requests import Request
+
+    from healthid.host.oidc_api import _query
+    from healthid.protocol.oauth.form import parse_form
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "scheme": "http",
+        "server": ("idp", 443),
+        "path": "/auth",
+        "root_path": "",
+        "query_string": query,
+        "headers": [],
+    }
+    request = Request(scope)
+    assert _query(request) == parse_form(request.url.query)
+
+
+def test_a_query_that_is_not_utf8_is_an_invalid_request() -> None:
+    from starlette.requests import Request
+
+    from healthid.host.oidc_api import _query
+    from healthid.protocol.oauth.errors import InvalidRequestError
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/auth",
+        "query_string": b"a=\xff",
+        "headers": [],
+    }
+    with pytest.raises(InvalidRequestError, match="not UTF-8"):
+        _query(Request(scope))

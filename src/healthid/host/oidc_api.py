@@ -57,7 +57,12 @@ async def _form(request: Request) -> Form:
 
 
 def _query(request: Request) -> Form:
-    text = request.url.query
+    """The query's parameters: what ``request.url.query`` gives (the query string as UTF-8,
+    without a fragment), without building and splitting the whole URL for it."""
+    try:
+        text = request.scope["query_string"].decode("utf-8").partition("#")[0]
+    except UnicodeDecodeError:  # uvicorn refuses such a request line; another server might not
+        raise InvalidRequestError("the query string is not UTF-8") from None
     if len(text) > MAX_QUERY_CHARS:
         raise InvalidRequestError("query string too long")
     return parse_form(text)
