@@ -200,8 +200,15 @@ class FakeRedis:
     redis-py's handshake and hands every other command to ``answer`` (connection number,
     command) -> the reply bytes, or None to close the connection without a reply."""
 
-    def __init__(self, answer: Callable[[int, list[bytes]], Awaitable[bytes | None]]) -> None:
+    def __init__(
+        self,
+        answer: Callable[[int, list[bytes]], Awaitable[bytes | None]],
+        *,
+        trickle: bool = False,
+    ) -> None:
+        """``trickle``: every reply is written a byte at a time, each byte its own segment."""
         self.answer = answer
+        self.trickle = trickle
         self.seen: list[tuple[int, list[bytes]]] = []
         self.connections = 0
         self.server: asyncio.Server | None = None
@@ -230,7 +237,13 @@ class FakeRedis:
                     reply = await self.answer(number, command)
                     if reply is None:
                         return
-                    writer.write(reply)
+                    if not self.trickle:
+                        writer.write(reply)
+                        continue
+                    for i in range(len(reply)):
+                        writer.write(reply[i : i + 1])
+                        await writer.drain()
+                        await asyncio.sleep(0.001)
         finally:
             writer.close()
 
@@ -249,6 +262,71 @@ async def test_a_command_whose_connection_is_lost_fails_closed_and_is_not_sent_a
         finally:
             await redis_store.aclose()
     assert fake.seen == [(0, [b"GET", b"lost:k"]), (1, [b"GET", b"lost:k"])]
+
+
+async def test_a_lost_connection_fails_its_callers_at_once_not_at_the_deadline() -> None:
+    """The server closing the connection is seen when it happens (the end of the stream),
+    not when the reply's deadline passes."""
+
+    async def answer(connection: int, command: list[bytes]) -> bytes | None:
+        await asyncio.sleep(0.05)  # everything sent is read: the close is an orderly end
+        return None  # close without a reply
+
+    async with FakeRedis(answer) as url:
+        redis_store = RedisEphemeralStore.from_url(url, prefix="eof:")
+        try:
+            started = time.monotonic()
+            with pytest.raises(EphemeralStoreUnavailable):
+                await redis_store.get("k")
+            elapsed = time.monotonic() - started
+        finally:
+            await redis_store.aclose()
+    assert elapsed < SOCKET_TIMEOUT_SECONDS / 2
+
+
+async def test_replies_that_arrive_a_byte_at_a_time_reach_their_callers_in_order() -> None:
+    async def answer(connection: int, command: list[bytes]) -> bytes | None:
+        if command[0] == b"GET":
+            key = command[1]
+            return b"$%d\r\n%b\r\n" % (len(key), key)
+        return b":42\r\n" if command[0] == b"DEL" else b"-ERR wrong kind of value\r\n"
+
+    async with FakeRedis(answer, trickle=True) as url:
+        redis_store = RedisEphemeralStore.from_url(url, prefix="t:")
+        try:
+            replies = await asyncio.gather(*(redis_store.get(f"k{i}") for i in range(4)))
+            assert replies == [f"t:k{i}".encode() for i in range(4)]
+            assert await redis_store.delete("k") is True
+            with pytest.raises(EphemeralStoreError):  # an error reply, read whole
+                await redis_store.ttl("k")
+            assert await redis_store.get("again") == b"t:again"  # still in step
+        finally:
+            await redis_store.aclose()
+
+
+@pytest.mark.parametrize(
+    "bad_reply",
+    [
+        b"?what\r\n",  # not RESP
+        b"-ERR max number of clients reached\r\n",  # redis-py's ConnectionError reply
+    ],
+)
+async def test_a_reply_that_breaks_the_connection_fails_closed_and_the_next_connects_anew(
+    bad_reply: bytes,
+) -> None:
+    async def answer(connection: int, command: list[bytes]) -> bytes | None:
+        return bad_reply if connection == 0 else b"$1\r\nv\r\n"
+
+    fake = FakeRedis(answer)
+    async with fake as url:
+        redis_store = RedisEphemeralStore.from_url(url, prefix="bad:")
+        try:
+            with pytest.raises(EphemeralStoreUnavailable):
+                await redis_store.get("k")
+            assert await redis_store.get("k") == b"v"
+        finally:
+            await redis_store.aclose()
+    assert [number for number, _ in fake.seen] == [0, 1]
 
 
 async def test_a_cancelled_caller_forbids_its_reply_reaching_the_next() -> None:
