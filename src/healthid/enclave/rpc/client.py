@@ -20,7 +20,7 @@ import asyncio
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 from healthid.enclave import api
 from healthid.enclave.key_release import ReleasedRootKey
@@ -32,8 +32,8 @@ from healthid.enclave.rpc.codec import (
     MIB,
     Response,
     encode_request,
+    frame_length,
     parse_response,
-    read_frame,
 )
 from healthid.enclave.rpc.errors import CodecError, FrameTooLarge, error_from
 from healthid.enclave.rpc.methods import (
@@ -50,57 +50,81 @@ CLIENT_GRACE: Final = 5.0  # seconds beyond the method's timeout (the enclave's 
 VERIFY_BATCH: Final = 1_000  # policyholders per verify_policyholders request, at most
 VERIFY_BATCH_BYTES: Final = MAX_FRAME // 2  # ... and about this many bytes of them
 _SIZE_SLACK: Final = 128  # bytes of names, pseudonyms and CBOR heads per item (generous)
-STREAM_BUFFER: Final = MIB
 
 
-class _Connection:
-    """One socket to the enclave, its open requests and the task reading the answers."""
+class _Connection(asyncio.Protocol):
+    """One socket to the enclave and its open requests. The answers' frames are cut out of
+    the bytes as they arrive and handed to their callers in this callback (no reader task:
+    a task step per answer cost more than the rest of receiving it). A frame that cannot be
+    read, or an answer the enclave sent without an id (it could not read one of our frames),
+    ends the connection: the stream cannot be resynchronised."""
 
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self.reader = reader
-        self.writer = writer
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.pending: dict[int, asyncio.Future[Response]] = {}
         self.closed = False
-        self._lock = asyncio.Lock()
-        self._task = loop.create_task(self._read())
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._writable: asyncio.Future[None] | None = None  # while the enclave's buffer is full
+        self._lost: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
 
     async def send(self, data: bytes) -> None:
+        transport = self._transport
+        if self.closed or transport is None:
+            raise api.EnclaveUnavailable("the connection to the enclave was lost")
+        transport.write(data)  # the whole frame, in order: frames never interleave
+        while self._writable is not None and not self.closed:
+            await asyncio.shield(self._writable)  # a cancelled caller leaves it to the others
         if self.closed:
             raise api.EnclaveUnavailable("the connection to the enclave was lost")
-        async with self._lock:
-            try:
-                self.writer.write(data)
-                await self.writer.drain()
-            except OSError:
-                self.fail(api.EnclaveUnavailable("the connection to the enclave was lost"))
-                raise api.EnclaveUnavailable("the connection to the enclave was lost") from None
 
-    async def _read(self) -> None:
-        try:
-            while True:
-                response = parse_response(cbor.decode(await read_frame(self.reader)))
-                if response.id is None:  # the enclave could not read one of our frames
-                    exc = error_from(response.code, response.message)
-                    self.fail(
-                        exc if isinstance(exc, api.EnclaveError) else api.EnclaveError(str(exc))
-                    )
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= HEADER_SIZE:
+            try:
+                end = HEADER_SIZE + frame_length(buffer, max_size=MAX_FRAME)
+                if len(buffer) < end:
                     return
-                future = self.pending.pop(response.id, None)
-                if future is not None and not future.done():
-                    future.set_result(response)
-        except asyncio.CancelledError:
-            self.fail(api.EnclaveUnavailable("the connection to the enclave was closed"))
-            raise
-        except (asyncio.IncompleteReadError, OSError):
+                payload = bytes(buffer[HEADER_SIZE:end])
+                del buffer[:end]
+                response = parse_response(cbor.decode(payload))
+            except CodecError as exc:
+                self.fail(api.EnclaveUnavailable(f"the enclave sent a malformed response ({exc})"))
+                return
+            if response.id is None:  # the enclave could not read one of our frames
+                error = error_from(response.code, response.message)
+                self.fail(
+                    error if isinstance(error, api.EnclaveError) else api.EnclaveError(str(error))
+                )
+                return
+            future = self.pending.pop(response.id, None)
+            if future is not None and not future.done():
+                future.set_result(response)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
             self.fail(api.EnclaveUnavailable("the connection to the enclave was lost"))
-        except CodecError as exc:
-            self.fail(api.EnclaveUnavailable(f"the enclave sent a malformed response ({exc})"))
+        self._wake_writers()
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        self._wake_writers()
+
+    def _wake_writers(self) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
 
     def fail(self, exc: api.EnclaveError) -> None:
         """Close the connection; every open request raises (a copy of) ``exc``."""
@@ -109,19 +133,20 @@ class _Connection:
         for future in pending.values():
             if not future.done():
                 future.set_exception(type(exc)(str(exc)))
-        self.writer.close()
+        self._wake_writers()
+        if self._transport is not None:
+            self._transport.close()
 
     def abandon(self) -> None:
         """Close from outside (client closed, or its event loop is gone)."""
         if self.loop.is_closed():
             self.closed = True
             return
-        self._task.cancel()
         if not self.closed:
             self.fail(api.EnclaveUnavailable("the enclave client was closed"))
 
     async def wait_closed(self) -> None:
-        await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.shield(self._lost)
 
 
 class RemoteEnclave:
@@ -177,18 +202,17 @@ class RemoteEnclave:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 if self._path is not None:
-                    reader, writer = await asyncio.open_unix_connection(
-                        str(self._path), limit=STREAM_BUFFER
+                    _, conn = await loop.create_unix_connection(
+                        lambda: _Connection(loop), str(self._path)
                     )
                 else:
-                    reader, writer = await asyncio.open_connection(
-                        "127.0.0.1", self._port, limit=STREAM_BUFFER
+                    _, conn = await loop.create_connection(
+                        lambda: _Connection(loop), "127.0.0.1", cast(int, self._port)
                     )
         except (OSError, TimeoutError) as exc:
             raise api.EnclaveUnavailable(
                 f"the enclave is not reachable at {self._address} ({type(exc).__name__})"
             ) from None
-        conn = _Connection(reader, writer, loop)
         self._conn = conn
         return conn
 
