@@ -22,6 +22,10 @@ by stretch between two awaits (bench/taskcpu.py), to find where the time goes.
 ``healthid.access``, to ``server-log.jsonl`` in the bench's directory); without it the server
 logs only warnings.
 
+Profiling (cProfile statistics to a file): ``HEALTHID_BENCH_PROFILE`` the server (one
+worker), ``HEALTHID_BENCH_ENCLAVE_PROFILE`` the enclave process, ``HEALTHID_BENCH_CLIENT_PROFILE``
+this load generator.
+
 ``--instructions`` runs the server (one worker) and the enclave process under Valgrind's
 callgrind, counting only while flows run, and prints the instructions per flow of each: a
 figure that does not drift with the VM's speed, for comparing two versions of the code
@@ -35,6 +39,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import cProfile
 import hashlib
 import io
 import json
@@ -200,7 +205,6 @@ def serve(directory: str, db_url: str, prefix: str, port: int, workers: int) -> 
     if not profile:
         uvicorn.run(bench_app(), **options)
         return
-    import cProfile
 
     profiler = cProfile.Profile()
     profiler.enable()
@@ -695,9 +699,16 @@ async def main(args: argparse.Namespace) -> int:
                         "(bench/benchlib.machine_speed_ms; lower is faster)"
                     )
                     for level in args.concurrency:
+                        client_profile = os.environ.get("HEALTHID_BENCH_CLIENT_PROFILE")
+                        profiler = cProfile.Profile() if client_profile else None
+                        if profiler is not None:  # cProfile stats of this load generator
+                            profiler.enable()
                         r = await run_level(
                             base, directory, wallets, level, args.seconds, pids, args.instructions
                         )
+                        if profiler is not None and client_profile:
+                            profiler.disable()
+                            profiler.dump_stats(client_profile)
                         report(level, r, mode)
                         if args.instructions:
                             continue  # no figure here is comparable with the targets
