@@ -154,11 +154,12 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
-) -> dict[str, Callable[[], asyncio.AbstractEventLoop]] | None:
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     """Tests marked ``both_event_loops`` run on asyncio's event loop and on uvloop's (which
-    the server runs on); every other test on the default loop."""
+    the server runs on); every other test on asyncio's, as without this hook (once a hook
+    exists, pytest-asyncio asks it for every test)."""
     if item.get_closest_marker("both_event_loops") is None:
-        return None
+        return {"asyncio": asyncio.new_event_loop}
     import uvloop
 
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}

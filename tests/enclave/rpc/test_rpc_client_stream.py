@@ -24,6 +24,8 @@ from healthid.enclave.rpc.codec import (
     parse_request,
 )
 
+pytestmark = pytest.mark.both_event_loops  # the host runs on uvloop
+
 STATUS = {"tee": "simulated", "root_key_id": "k1", "version": "1", "warning": None}
 
 # what the stand-in sends for the requests of one connection: (connection number, request

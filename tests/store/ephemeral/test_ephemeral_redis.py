@@ -176,6 +176,7 @@ async def test_redis_store_forbids_not_found_when_backend_is_down(operation: str
         await redis_store.aclose()
 
 
+@pytest.mark.both_event_loops
 async def test_redis_store_forbids_waiting_on_a_silent_server() -> None:
     async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # accept and never answer
@@ -248,6 +249,7 @@ class FakeRedis:
             writer.close()
 
 
+@pytest.mark.both_event_loops
 async def test_a_command_whose_connection_is_lost_fails_closed_and_is_not_sent_again() -> None:
     async def answer(connection: int, command: list[bytes]) -> bytes | None:
         return None if connection == 0 else b"$1\r\nv\r\n"
@@ -264,6 +266,7 @@ async def test_a_command_whose_connection_is_lost_fails_closed_and_is_not_sent_a
     assert fake.seen == [(0, [b"GET", b"lost:k"]), (1, [b"GET", b"lost:k"])]
 
 
+@pytest.mark.both_event_loops
 async def test_a_lost_connection_fails_its_callers_at_once_not_at_the_deadline() -> None:
     """The server closing the connection is seen when it happens (the end of the stream),
     not when the reply's deadline passes."""
@@ -284,6 +287,7 @@ async def test_a_lost_connection_fails_its_callers_at_once_not_at_the_deadline()
     assert elapsed < SOCKET_TIMEOUT_SECONDS / 2
 
 
+@pytest.mark.both_event_loops
 async def test_replies_that_arrive_a_byte_at_a_time_reach_their_callers_in_order() -> None:
     async def answer(connection: int, command: list[bytes]) -> bytes | None:
         if command[0] == b"GET":
@@ -304,6 +308,7 @@ async def test_replies_that_arrive_a_byte_at_a_time_reach_their_callers_in_order
             await redis_store.aclose()
 
 
+@pytest.mark.both_event_loops
 @pytest.mark.parametrize(
     "bad_reply",
     [
@@ -329,6 +334,7 @@ async def test_a_reply_that_breaks_the_connection_fails_closed_and_the_next_conn
     assert [number for number, _ in fake.seen] == [0, 1]
 
 
+@pytest.mark.both_event_loops
 async def test_a_cancelled_caller_forbids_its_reply_reaching_the_next() -> None:
     async def answer(connection: int, command: list[bytes]) -> bytes | None:
         key = command[1]
@@ -351,6 +357,7 @@ async def test_a_cancelled_caller_forbids_its_reply_reaching_the_next() -> None:
             await redis_store.aclose()
 
 
+@pytest.mark.both_event_loops
 async def test_pipelined_commands_fail_together_when_the_server_stops_answering() -> None:
     async def answer(connection: int, command: list[bytes]) -> bytes | None:
         await asyncio.sleep(3600)  # never
