@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import ssl
 from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from eid_testlib import (
     ERIKA,
     SESSION_ID,
@@ -42,6 +37,7 @@ from healthid.eid.server_messages import (
 )
 from healthid.eid.soap import Operation, fault_envelope, open_envelope
 from healthid.eid.transport import MAX_RESPONSE_BYTES, TransportConfig, ssl_context
+from tls_testlib import self_signed
 
 PSK = PreSharedKey.generate()
 USE_ID_OK = build_use_id_response(session_id=SESSION_ID, psk=PSK)
@@ -347,36 +343,9 @@ async def test_client_refuses_to_send_a_short_psk() -> None:
     assert sent == []
 
 
-def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_tls_context_pins_the_ca_and_presents_the_client_certificate(tmp_path: Path) -> None:
-    ca, _ = _self_signed(tmp_path, "eid-server-ca")
-    cert, key = _self_signed(tmp_path, "eservice")
+    ca, _ = self_signed(tmp_path, "eid-server-ca")
+    cert, key = self_signed(tmp_path, "eservice")
     context = ssl_context(TransportConfig(ca_file=ca, client_certificate=cert, client_key=key))
     assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
@@ -385,14 +354,14 @@ def test_tls_context_pins_the_ca_and_presents_the_client_certificate(tmp_path: P
 
 
 def test_tls_client_certificate_needs_its_key(tmp_path: Path) -> None:
-    cert, _ = _self_signed(tmp_path, "eservice")
+    cert, _ = self_signed(tmp_path, "eservice")
     with pytest.raises(ValueError, match="together"):
         ssl_context(TransportConfig(client_certificate=cert))
 
 
 async def test_client_with_tls_settings_can_be_built(tmp_path: Path) -> None:
-    ca, _ = _self_signed(tmp_path, "eid-server-ca")
-    cert, key = _self_signed(tmp_path, "eservice")
+    ca, _ = self_signed(tmp_path, "eid-server-ca")
+    cert, key = self_signed(tmp_path, "eservice")
     config = client_config(
         endpoint="https://eid.example/eID",
         transport=TransportConfig(ca_file=ca, client_certificate=cert, client_key=key),

@@ -5,59 +5,20 @@ the test Redis stands in for a TLS-enabled server; its certificate is made for t
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from healthid.store.ephemeral import EphemeralStoreUnavailable, RedisEphemeralStore
+from tls_testlib import self_signed
 
 # the TLS transports of the two loops are different code; the server runs on uvloop
 pytestmark = [pytest.mark.redis, pytest.mark.both_event_loops]
 
 LONG_TTL = 60.0
-
-
-def _test_certificate(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost / 127.0.0.1 (made now, for this test only)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "healthid test redis")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "redis-test-cert.pem", directory / "redis-test-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 class TlsProxy:
@@ -110,7 +71,7 @@ class TlsProxy:
 async def tls_store(
     redis_url: str, redis_prefix: str, tmp_path: Path
 ) -> AsyncIterator[tuple[RedisEphemeralStore, TlsProxy]]:
-    cert, key = _test_certificate(tmp_path)
+    cert, key = self_signed(tmp_path, "redis-test", hosts=("localhost", "127.0.0.1"))
     proxy = TlsProxy(redis_url, cert, key)
     port = await proxy.start()
     database = urlsplit(redis_url).path or "/0"
