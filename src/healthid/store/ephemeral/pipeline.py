@@ -1,9 +1,9 @@
 """A pipelined Redis connection for the ephemeral store (:mod:`healthid.store.ephemeral.redis`).
 
 Redis answers the commands of one connection in the order they came, so a connection needs
-no lock: commands queued in one turn of the event loop leave in one write, and one reader
-task hands each reply to the caller whose command it answers. Under load several commands
-share a write and a read (two system calls that cost more CPU than a command's own work).
+no lock: commands queued in one turn of the event loop leave in one write, and each reply
+goes to the caller whose command it answers, in order. Under load several commands share a
+write and a read (two system calls that cost more CPU than a command's own work).
 
 redis-py's ``Connection`` connects, authenticates and selects the database (TLS too). Then
 this module takes the connection's transport over (:class:`_ReplyProtocol`): what arrives is
