@@ -72,16 +72,16 @@ class _Connection(asyncio.Protocol):
             try:
                 reply = self._take()
             except ReplyError as exc:
-                self._fail(exc)
+                self.abort(exc)
                 return
             if reply is not None:
                 self._waiter.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._fail(ReplyError(f"the connection ended before the reply: {exc}"))
+        self.abort(ReplyError(f"the connection ended before the reply: {exc}"))
 
-    def _fail(self, exc: Exception) -> None:
+    def abort(self, exc: Exception) -> None:
         self.closed = True
         if self.transport is not None:
             self.transport.close()
@@ -192,10 +192,10 @@ class LoadClient:
             try:
                 reply = await conn.exchange(raw)
             except BaseException:
-                conn._fail(ReplyError("the request was abandoned"))
+                conn.abort(ReplyError("the request was abandoned"))
                 raise
             if reply.headers.get("connection", "").lower() == "close":
-                conn._fail(ReplyError("closed by the server"))
+                conn.abort(ReplyError("closed by the server"))
             else:
                 self._idle.append(conn)
         return reply
