@@ -78,7 +78,6 @@ class _Connection(asyncio.Protocol):
                 self._waiter.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
         self.abort(ReplyError(f"the connection ended before the reply: {exc}"))
 
     def abort(self, exc: Exception) -> None:

@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import loadgen
 
-Script = Callable[[bytes], list[bytes] | None]  # a request -> chunks to send (None: close)
+Script = Callable[[bytes], list[bytes]]  # a request -> the chunks to send back
 
 
 @asynccontextmanager
@@ -39,10 +39,7 @@ async def scripted_server(
                 request = head + await reader.readexactly(length)
                 seen.append(request)
                 peers.append(writer.get_extra_info("peername")[1])
-                chunks = script(request)
-                if chunks is None:
-                    break
-                for chunk in chunks:
+                for chunk in script(request):
                     writer.write(chunk)
                     await writer.drain()
                     await asyncio.sleep(0)
